@@ -1,0 +1,124 @@
+//! `zerocast`: the engine's command-line front end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
+use zerocast::{frame::Raw, Builder, Engine};
+
+#[derive(Parser)]
+#[command(
+    name = "zerocast",
+    version,
+    about = "Zero-copy networking engine for MMO game servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Echo server: sends every frame back unchanged.
+    Echo {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Echo bytes as they arrive, without framing (for standard echo benchmark clients).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Broadcast server: relays every frame to every client, prefixed with the sender's id.
+    Broadcast {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7000.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Worker threads [default: number of CPUs].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest accepted frame in bytes, header included.
+    #[arg(long, default_value_t = 65535)]
+    max_frame: usize,
+    /// Pin workers to these CPUs, comma-separated (e.g. 0,1).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Print the counters to stderr every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    stats: Option<u64>,
+}
+
+impl ServerArgs {
+    fn builder(&self) -> Builder {
+        let mut b = Engine::builder()
+            .max_frame(self.max_frame)
+            .pin_cpus(self.cpus.clone());
+        if let Some(n) = self.workers {
+            b = b.workers(n);
+        }
+        b
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let (engine, args) = match &cli.command {
+        Command::Echo { server, raw } => {
+            let b = server.builder();
+            let b = if *raw { b.decoder(Raw) } else { b };
+            (b.build(Echo)?, server)
+        }
+        Command::Broadcast { server } => {
+            let b = server
+                .builder()
+                .max_frame(server.max_frame.min(BROADCAST_MAX_FRAME));
+            (b.build(Broadcast::new())?, server)
+        }
+    };
+    serve(engine, args)
+}
+
+/// Listens, prints `listening on ADDR`, and runs until SIGINT or SIGTERM.
+fn serve(engine: Engine, args: &ServerArgs) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let addr = engine
+        .listen(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("listening on {addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let handle = signals.handle();
+    let stats = args.stats.map(Duration::from_secs);
+    std::thread::scope(|s| {
+        if let Some(every) = stats {
+            let engine = &engine;
+            let signals_closed = &handle;
+            s.spawn(move || {
+                while !signals_closed.is_closed() {
+                    std::thread::sleep(every);
+                    eprintln!("stats {}", engine.metrics());
+                }
+            });
+        }
+        let signal = signals.forever().next();
+        handle.close();
+        tracing::info!(?signal, "shutting down");
+        engine.shutdown();
+    });
+    eprintln!("final {}", engine.metrics());
+    Ok(())
+}

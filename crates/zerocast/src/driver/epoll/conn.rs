@@ -1,0 +1,342 @@
+//! One connection's I/O state, and the worker's read and write paths.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::Worker;
+use crate::buffer::SendBuffer;
+use crate::engine::EngineCtx;
+use crate::frame::{checked, Decoded, FrameError};
+use crate::handler::Frame;
+use crate::session::{CloseReason, Session};
+use crate::sys::{self, IoVecs};
+
+/// Most bytes one `sendmsg` carries.
+const MAX_WRITE: usize = 1024 * 1024;
+/// A read into the shared chunk needs at least this much room.
+const MIN_READ: usize = 4096;
+
+/// I/O state of one session, owned by its worker.
+///
+/// Invariants:
+/// - `pending` holds only the start of one incomplete frame (never a complete one); it is
+///   empty, with no capacity, while no frame is split across reads, so an idle session holds no
+///   receive memory.
+/// - `draining` is true iff this worker holds the session's send flag and owes it a flush: the
+///   batch (and queue) are written on the next writable event or command.
+/// - `head_written < batch[0].len()` whenever `batch` is non-empty.
+pub(super) struct Conn {
+    fd: OwnedFd,
+    pub(super) session: Session,
+    pending: BytesMut,
+    /// Total length the incomplete frame in `pending` needs.
+    pending_total: usize,
+    batch: VecDeque<SendBuffer>,
+    head_written: usize,
+    pub(super) draining: bool,
+    eof: bool,
+}
+
+impl Conn {
+    pub(super) fn new(fd: OwnedFd, session: Session) -> Self {
+        Self {
+            fd,
+            session,
+            pending: BytesMut::new(),
+            pending_total: 0,
+            batch: VecDeque::new(),
+            head_written: 0,
+            draining: false,
+            eof: false,
+        }
+    }
+
+    /// Tears the connection down: closes the socket, releases every queued buffer. Returns the
+    /// session for the disconnect callback.
+    pub(super) fn close(self) -> Session {
+        let Self {
+            fd, session, batch, ..
+        } = self;
+        session.shared.closing.store(true, Ordering::Release);
+        drop(fd);
+        drop(session.shared.queue.close());
+        drop(batch);
+        session
+    }
+}
+
+enum Read {
+    /// More data may be waiting.
+    More,
+    /// The socket is drained for now.
+    Drained,
+    /// The session was closed or is closing.
+    Done,
+    /// The peer closed its side.
+    Eof,
+}
+
+impl Worker {
+    /// Reads until the socket is drained, the session ends, or the read budget is spent (then
+    /// the session is read again next turn: one busy peer cannot starve the others).
+    pub(super) fn on_readable(&mut self, token: u64) {
+        for _ in 0..self.ctx.config.read_budget {
+            match self.read_once(token) {
+                Ok(Read::More) => continue,
+                Ok(Read::Drained | Read::Done) => return,
+                Ok(Read::Eof) => {
+                    self.on_eof(token);
+                    return;
+                }
+                Err(reason) => {
+                    self.close(token, reason);
+                    return;
+                }
+            }
+        }
+        self.again.push(token);
+    }
+
+    fn read_once(&mut self, token: u64) -> Result<Read, CloseReason> {
+        let Self {
+            conns, recv, ctx, ..
+        } = self;
+        let Some(conn) = conns.get_mut(token) else {
+            return Ok(Read::Done);
+        };
+        if conn.eof || conn.session.is_closing() {
+            return Ok(Read::Done);
+        }
+        let fd = conn.fd.as_raw_fd();
+        let (result, asked) = if conn.pending.is_empty() {
+            // Common case: read into the worker's shared chunk.
+            let size = recv.size().max(MIN_READ);
+            let (mem, fresh) = recv.spare(MIN_READ);
+            if fresh {
+                ctx.metrics.recv_chunks_allocated.add(1);
+            }
+            let asked = mem.capacity().min(size);
+            let result = sys::recv(fd, mem, asked).map(|n| (n, mem.split().freeze()));
+            (result, asked)
+        } else {
+            // A frame is split across reads: read its rest straight behind its start.
+            let need = conn.pending_total.saturating_sub(conn.pending.len()).max(1);
+            conn.pending.reserve(need);
+            let asked = conn.pending.capacity() - conn.pending.len();
+            let result = sys::recv(fd, &mut conn.pending, asked).map(|n| (n, Bytes::new()));
+            (result, asked)
+        };
+        let (n, data) = match result {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Read::More),
+            Err(e) => return Err(CloseReason::from_io(&e)),
+        };
+        if n == 0 {
+            return Ok(Read::Eof);
+        }
+        ctx.metrics.bytes_in.add(n as i64);
+        if data.is_empty() {
+            deliver_pending(ctx, conn)?;
+        } else {
+            deliver_chunk(ctx, conn, &data)?;
+        }
+        Ok(if n < asked { Read::Drained } else { Read::More })
+    }
+
+    /// The peer closed its side. Replies already queued are still written; the session closes
+    /// once its queue is flushed.
+    fn on_eof(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        conn.eof = true;
+        conn.pending = BytesMut::new();
+        if conn.draining {
+            return; // the flush in progress closes the session when done
+        }
+        if conn.session.shared.queue.try_register() {
+            self.flush(token);
+        }
+        // Otherwise a producer holds the flag and posted a flush, which will close it.
+    }
+
+    /// Writes everything queued on the session, in gathered writes, until the queue is empty
+    /// (flag released) or the socket is full (flag kept, resumed on the writable event).
+    ///
+    /// Precondition: this worker holds the session's send flag.
+    pub(super) fn flush(&mut self, token: u64) {
+        let Self {
+            conns, iov, ctx, ..
+        } = self;
+        let Some(conn) = conns.get_mut(token) else {
+            return;
+        };
+        conn.draining = true;
+        let queue = &conn.session.shared.queue;
+        let outcome = loop {
+            if conn.batch.is_empty() {
+                queue.take(&mut conn.batch);
+                if conn.batch.is_empty() {
+                    if queue.finish() {
+                        continue;
+                    }
+                    conn.draining = false;
+                    break if conn.eof {
+                        Err(CloseReason::PeerClosed)
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            match write_batch(&conn.fd, &mut conn.batch, &mut conn.head_written, iov, ctx) {
+                Ok(true) => continue,
+                Ok(false) => break Ok(()), // socket full: wait for EPOLLOUT, keep the flag
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(CloseReason::from_io(&e)),
+            }
+        };
+        if let Err(reason) = outcome {
+            self.close(token, reason);
+        }
+    }
+}
+
+/// One gathered write of the batch. Returns true if everything offered was written (the caller
+/// may write more), false if the socket is full.
+fn write_batch(
+    fd: &OwnedFd,
+    batch: &mut VecDeque<SendBuffer>,
+    head_written: &mut usize,
+    iov: &mut IoVecs,
+    ctx: &EngineCtx,
+) -> io::Result<bool> {
+    let iov = iov.start();
+    let mut offered = 0;
+    for (i, buf) in batch.iter().enumerate() {
+        if iov.len() == sys::IOV_MAX || offered >= MAX_WRITE {
+            break;
+        }
+        let skip = if i == 0 { *head_written } else { 0 };
+        let part = &buf[skip..];
+        if part.is_empty() {
+            continue;
+        }
+        iov.push(libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        });
+        offered += part.len();
+    }
+    let written = if iov.is_empty() {
+        0
+    } else {
+        // SAFETY: every iovec points into a SendBuffer held by `batch`, which is not touched
+        // until the call returns.
+        let result = unsafe { sys::sendmsg(fd.as_raw_fd(), iov) };
+        iov.clear();
+        match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    };
+    // Release what the kernel has taken.
+    let mut left = written + *head_written;
+    let mut done = 0;
+    while let Some(front) = batch.front() {
+        if front.len() > left {
+            break;
+        }
+        left -= front.len();
+        batch.pop_front();
+        done += 1;
+    }
+    *head_written = left;
+    let m = &ctx.metrics;
+    if written > 0 {
+        m.writes.add(1);
+        m.bytes_out.add(written as i64);
+    }
+    m.frames_out.add(done);
+    // A short write means the socket buffer is full; the kernel then flags the socket so that
+    // freeing space raises a new EPOLLOUT edge, and retrying now would only return EAGAIN.
+    Ok(written == offered)
+}
+
+/// Delivers the frames in `data`, freshly read into the shared chunk. A trailing incomplete
+/// frame is copied into the session's `pending` buffer (the only copy on the receive path,
+/// bounded by one frame).
+fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<(), CloseReason> {
+    let mut off = 0;
+    while off < data.len() {
+        if conn.session.is_closing() {
+            return Ok(());
+        }
+        match next_frame(ctx, &data[off..])? {
+            Decoded::Frame { len, header, id } => {
+                deliver(ctx, &conn.session, id, data, off..off + len, header);
+                off += len;
+            }
+            Decoded::NeedMore { total } => {
+                let tail = &data[off..];
+                let mut pending =
+                    BytesMut::with_capacity(total.min(MAX_PENDING_HINT).max(tail.len()));
+                pending.put_slice(tail);
+                conn.pending = pending;
+                conn.pending_total = total;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Capacity reserved up front for a frame split across reads; larger frames grow as they come.
+const MAX_PENDING_HINT: usize = 64 * 1024;
+
+/// Delivers the frames completed in `pending`, each split off as its own shared view.
+fn deliver_pending(ctx: &EngineCtx, conn: &mut Conn) -> Result<(), CloseReason> {
+    while !conn.pending.is_empty() {
+        if conn.session.is_closing() {
+            return Ok(());
+        }
+        match next_frame(ctx, &conn.pending)? {
+            Decoded::Frame { len, header, id } => {
+                let data = conn.pending.split_to(len).freeze();
+                deliver(ctx, &conn.session, id, &data, 0..len, header);
+            }
+            Decoded::NeedMore { total } => {
+                conn.pending_total = total;
+                return Ok(());
+            }
+        }
+    }
+    // Nothing split any more: give the memory back so an idle session holds none.
+    conn.pending = BytesMut::new();
+    Ok(())
+}
+
+fn next_frame(ctx: &EngineCtx, buf: &[u8]) -> Result<Decoded, CloseReason> {
+    ctx.decoder
+        .decode(buf)
+        .and_then(|d| checked(d, buf.len()))
+        .map_err(|e: FrameError| CloseReason::Protocol(e))
+}
+
+fn deliver(
+    ctx: &EngineCtx,
+    session: &Session,
+    id: u16,
+    data: &Bytes,
+    range: std::ops::Range<usize>,
+    header: usize,
+) {
+    ctx.metrics.frames_in.add(1);
+    ctx.handler
+        .on_frame(session, Frame::new(id, data, range, header));
+}

@@ -1,0 +1,279 @@
+//! The epoll backend: one edge-triggered epoll instance per worker thread.
+//!
+//! A worker turn: wait for events (or a 100 ms tick), read every readable session until its
+//! socket is drained or its read budget is spent, deliver frames, then run the commands the
+//! handlers and other threads posted (flushes above all). Sends queued while a turn delivers
+//! frames are written at the end of the turn, so they coalesce into one vectored write per
+//! session.
+
+mod conn;
+mod slab;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conn::Conn;
+use slab::{Slab, RESERVED};
+
+use super::{Command, WorkerShared};
+use crate::buffer::{self, RecvChunk};
+use crate::engine::EngineCtx;
+use crate::session::{CloseReason, Session};
+use crate::sys::{self, epoll::Epoll};
+
+const WAKER: u64 = u64::MAX;
+const TICK: Duration = Duration::from_millis(100);
+/// How long accepting pauses after EMFILE/ENFILE before it is retried.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) struct Worker {
+    shared: Arc<WorkerShared>,
+    ctx: Arc<EngineCtx>,
+    epoll: Epoll,
+    conns: Slab<Conn>,
+    listeners: Vec<OwnedFd>,
+    events: Vec<sys::epoll::Event>,
+    recv: RecvChunk,
+    iov: sys::IoVecs,
+    /// Sessions whose read budget ran out with data possibly left: read again next turn.
+    again: Vec<u64>,
+    commands: Vec<Command>,
+    accept_paused_until: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    exit: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(shared: Arc<WorkerShared>, ctx: Arc<EngineCtx>) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.add(shared.waker().as_raw_fd(), sys::epoll::READ, WAKER)?;
+        let recv = RecvChunk::new(ctx.config.recv_chunk);
+        Ok(Self {
+            shared,
+            ctx,
+            epoll,
+            conns: Slab::new(),
+            listeners: Vec::new(),
+            events: Vec::with_capacity(1024),
+            recv,
+            iov: sys::IoVecs::new(),
+            again: Vec::new(),
+            commands: Vec::new(),
+            accept_paused_until: None,
+            last_accept_warning: None,
+            exit: false,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        self.shared.enter();
+        let mut again = Vec::new();
+        while !self.exit {
+            let timeout = if self.again.is_empty() {
+                TICK.as_millis() as i32
+            } else {
+                0
+            };
+            let mut events = std::mem::take(&mut self.events);
+            if let Err(e) = self.epoll.wait(&mut events, timeout) {
+                tracing::error!(worker = self.shared.index, error = %e, "epoll_wait failed");
+                std::thread::sleep(TICK);
+            }
+            for ev in &events {
+                let (token, bits) = (ev.u64, ev.events);
+                self.dispatch(token, bits);
+            }
+            self.events = events;
+            std::mem::swap(&mut self.again, &mut again);
+            for token in again.drain(..) {
+                self.on_readable(token);
+            }
+            self.run_commands();
+            self.retry_accept();
+            buffer::reclaim_thread_pool();
+        }
+        for token in self.conns.tokens() {
+            self.close(token, CloseReason::Shutdown);
+        }
+        self.shared.stop();
+        buffer::reclaim_thread_pool();
+    }
+
+    fn dispatch(&mut self, token: u64, bits: u32) {
+        if token == WAKER {
+            let mut cmds = std::mem::take(&mut self.commands);
+            self.shared.take_inbox(&mut cmds);
+            self.commands = cmds;
+            return;
+        }
+        if token >= RESERVED {
+            self.accept((WAKER - 1 - token) as usize);
+            return;
+        }
+        const READ: u32 =
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        const WRITE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if bits & READ != 0 {
+            self.on_readable(token);
+        }
+        if bits & WRITE != 0 && self.conns.get_mut(token).is_some_and(|c| c.draining) {
+            self.flush(token);
+        }
+    }
+
+    /// Runs posted commands until none are left (handlers may post more while they run).
+    fn run_commands(&mut self) {
+        loop {
+            let mut cmds = std::mem::take(&mut self.commands);
+            WorkerShared::take_local(&mut cmds);
+            if cmds.is_empty() {
+                self.commands = cmds;
+                return;
+            }
+            for cmd in cmds.drain(..) {
+                self.command(cmd);
+            }
+            self.commands = cmds;
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Listen(fd) => {
+                let token = WAKER - 1 - self.listeners.len() as u64;
+                match self.epoll.add(fd.as_raw_fd(), sys::epoll::READ, token) {
+                    Ok(()) => {
+                        self.listeners.push(fd);
+                        self.accept(self.listeners.len() - 1);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot watch listener"),
+                }
+            }
+            Command::Register(fd, session) => self.register(fd, session),
+            Command::Flush(session) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.flush(token);
+                }
+            }
+            Command::Close(session, reason) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.close(token, reason);
+                }
+            }
+            Command::Shutdown => {
+                self.listeners.clear();
+                for token in self.conns.tokens() {
+                    self.close(token, CloseReason::Shutdown);
+                }
+                self.exit = true;
+            }
+        }
+    }
+
+    /// The slot of `session` in this worker, if it is still open here.
+    fn token_of(&mut self, session: &Session) -> Option<u64> {
+        let token = session.shared.token.load(Ordering::Relaxed);
+        let conn = self.conns.get_mut(token)?;
+        (conn.session == *session).then_some(token)
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        let fd = listener.as_raw_fd();
+        loop {
+            match sys::accept(fd) {
+                Ok((sock, peer)) => {
+                    if let Err(e) = sys::set_nodelay(sock.as_raw_fd()) {
+                        tracing::debug!(error = %e, "TCP_NODELAY failed");
+                    }
+                    self.ctx.metrics.accepted.add(1);
+                    let session = self.ctx.new_session(peer, &self.shared);
+                    self.register(sock, session);
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => continue,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        // The pending connection stays in the backlog; retrying at once would
+                        // spin. Pause and retry on a timer.
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        let now = Instant::now();
+                        if self
+                            .last_accept_warning
+                            .is_none_or(|t| now - t > Duration::from_secs(1))
+                        {
+                            self.last_accept_warning = Some(now);
+                            tracing::warn!(error = %e, "accept failed: out of descriptors or memory; backing off");
+                        }
+                        return;
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "accept failed");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn retry_accept(&mut self) {
+        if self
+            .accept_paused_until
+            .is_some_and(|t| Instant::now() >= t)
+        {
+            self.accept_paused_until = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    fn register(&mut self, fd: OwnedFd, session: Session) {
+        let raw = fd.as_raw_fd();
+        let token = self.conns.insert_with(|token| {
+            session.shared.token.store(token, Ordering::Relaxed);
+            Conn::new(fd, session.clone())
+        });
+        if let Err(e) = self.epoll.add(raw, sys::epoll::CONN, token) {
+            tracing::warn!(error = %e, "cannot watch connection");
+            self.conns.remove(token);
+            session.shared.closing.store(true, Ordering::Release);
+            drop(session.shared.queue.close());
+            return;
+        }
+        let m = &self.ctx.metrics;
+        m.connections_open.add(1);
+        self.ctx.registry.insert(session.clone());
+        tracing::trace!(session = %session.id(), peer = %session.peer_addr(), "session opened");
+        self.ctx.handler.on_connect(&session);
+    }
+
+    fn close(&mut self, token: u64, reason: CloseReason) {
+        let Some(conn) = self.conns.remove(token) else {
+            return;
+        };
+        let session = conn.close();
+        let m = &self.ctx.metrics;
+        m.connections_open.add(-1);
+        m.closed.add(1);
+        match &reason {
+            CloseReason::Protocol(_) => {
+                m.protocol_errors.add(1);
+                tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
+            }
+            CloseReason::Io(_) => {
+                tracing::info!(session = %session.id(), %reason, "session closed")
+            }
+            _ => tracing::debug!(session = %session.id(), %reason, "session closed"),
+        }
+        self.ctx.handler.on_disconnect(&session, &reason);
+        self.ctx.registry.remove(session.id());
+    }
+}

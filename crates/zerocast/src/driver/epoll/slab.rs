@@ -1,0 +1,93 @@
+//! Connection slots addressed by epoll tokens.
+//!
+//! A token is `generation << 32 | index`. A slot's generation changes every time it is freed,
+//! so an event or command still carrying the token of a closed session finds nothing instead
+//! of a newer session in the same slot.
+
+/// Tokens at or above this value are reserved for the worker's own descriptors.
+pub(super) const RESERVED: u64 = u64::MAX - 1024;
+
+struct Slot<T> {
+    generation: u32,
+    value: Option<T>,
+}
+
+pub(super) struct Slab<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Slab<T> {
+    pub(super) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Stores `value` built from its token; returns the token.
+    pub(super) fn insert_with(&mut self, f: impl FnOnce(u64) -> T) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    value: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let token = (u64::from(slot.generation) << 32) | u64::from(index);
+        debug_assert!(token < RESERVED);
+        slot.value = Some(f(token));
+        token
+    }
+
+    fn locate(&self, token: u64) -> Option<usize> {
+        let index = (token & 0xffff_ffff) as usize;
+        let slot = self.slots.get(index)?;
+        (u64::from(slot.generation) == token >> 32 && slot.value.is_some()).then_some(index)
+    }
+
+    pub(super) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+        let i = self.locate(token)?;
+        self.slots[i].value.as_mut()
+    }
+
+    pub(super) fn remove(&mut self, token: u64) -> Option<T> {
+        let i = self.locate(token)?;
+        let slot = &mut self.slots[i];
+        // Skip generations that would put the token in the reserved range.
+        slot.generation = (slot.generation + 1) % (u32::MAX - 1);
+        self.free.push(i as u32);
+        slot.value.take()
+    }
+
+    /// Every live token.
+    pub(super) fn tokens(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.value.is_some())
+            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_tokens_find_nothing() {
+        let mut slab = Slab::new();
+        let a = slab.insert_with(|_| "a");
+        assert_eq!(slab.remove(a), Some("a"));
+        let b = slab.insert_with(|_| "b");
+        assert_ne!(a, b, "same slot, new generation");
+        assert!(slab.get_mut(a).is_none());
+        assert_eq!(slab.get_mut(b), Some(&mut "b"));
+        assert_eq!(slab.tokens(), vec![b]);
+    }
+}

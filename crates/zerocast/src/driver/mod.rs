@@ -1,0 +1,169 @@
+//! Drivers: the event loops that own sockets.
+//!
+//! # Backend contract
+//! A backend runs one worker per thread. Each worker owns a set of sessions (their sockets and
+//! I/O state) and must:
+//! - deliver a session's frames in order from its own thread, via the [`Handler`];
+//! - read into receive memory that an idle session does not pin, parse frames in place, and
+//!   hand out borrowed [`Frame`](crate::Frame) views;
+//! - drain a session's [`SendQueue`](crate::session::queue) only while holding its "send
+//!   registered" flag, gathering everything queued into one vectored write, keeping the flag
+//!   across EAGAIN until the socket is writable, and releasing it with `finish`;
+//! - act on the [`Command`]s posted to it (from any thread) in the order they were posted;
+//! - on close: deregister and close the socket, close the session's queue (dropping what it
+//!   holds), call `on_disconnect` once, remove the session from the registry;
+//! - on shutdown: close every session with [`CloseReason::Shutdown`], then mark itself stopped
+//!   so that later commands are resolved without it (no buffer stranded in a dead inbox).
+//!
+//! The epoll backend lives in [`epoll`].
+
+pub(crate) mod epoll;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::session::{CloseReason, Session};
+use crate::sync::lock;
+use crate::sys;
+
+/// Work posted to a worker.
+pub(crate) enum Command {
+    /// Start accepting on this listener.
+    Listen(OwnedFd),
+    /// Take ownership of a connected socket for this (new) session.
+    Register(OwnedFd, Session),
+    /// A producer won the session's send flag: drain its queue.
+    Flush(Session),
+    /// Close the session.
+    Close(Session, CloseReason),
+    /// Close everything and stop.
+    Shutdown,
+}
+
+struct Inbox {
+    commands: Vec<Command>,
+    stopped: bool,
+}
+
+/// The part of a worker other threads talk to.
+pub(crate) struct WorkerShared {
+    pub(crate) index: usize,
+    inbox: Mutex<Inbox>,
+    /// True while an eventfd signal is outstanding: producers skip the syscall then.
+    wake_pending: AtomicBool,
+    waker: OwnedFd,
+}
+
+thread_local! {
+    /// The worker running on this thread, if any (compared by address only).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+    /// Commands a worker posts to itself from inside its own callbacks: no lock, no syscall.
+    static LOCAL: RefCell<Vec<Command>> = const { RefCell::new(Vec::new()) };
+}
+
+impl WorkerShared {
+    pub(crate) fn new(index: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            index,
+            inbox: Mutex::new(Inbox {
+                commands: Vec::new(),
+                stopped: false,
+            }),
+            wake_pending: AtomicBool::new(false),
+            waker: sys::eventfd()?,
+        })
+    }
+
+    pub(crate) fn waker(&self) -> &OwnedFd {
+        &self.waker
+    }
+
+    fn is_current(&self) -> bool {
+        CURRENT.with(|c| c.get() == self as *const Self as usize)
+    }
+
+    /// Marks the calling thread as this worker's.
+    pub(crate) fn enter(&self) {
+        CURRENT.with(|c| c.set(self as *const Self as usize));
+    }
+
+    /// Posts a command. From the worker's own thread it goes to a local list (drained before the
+    /// worker sleeps); from elsewhere into the inbox, waking the worker at most once per batch.
+    pub(crate) fn post(&self, cmd: Command) {
+        if self.is_current() {
+            LOCAL.with(|l| l.borrow_mut().push(cmd));
+            return;
+        }
+        {
+            let mut inbox = lock(&self.inbox);
+            if !inbox.stopped {
+                inbox.commands.push(cmd);
+                drop(inbox);
+                self.wake();
+                return;
+            }
+        }
+        resolve_offline(cmd);
+    }
+
+    fn wake(&self) {
+        // AcqRel pairs with the worker's clear in `take_inbox`: either the worker clears after
+        // our push (and then sees it), or our swap reads its clear and we signal.
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = sys::eventfd_signal(&self.waker) {
+                tracing::error!(worker = self.index, error = %e, "cannot wake worker");
+            }
+        }
+    }
+
+    /// Worker side: takes every posted command into `out`.
+    pub(crate) fn take_inbox(&self, out: &mut Vec<Command>) {
+        // Clear before looking, as in the send hand-off; see `wake`.
+        self.wake_pending.store(false, Ordering::Release);
+        sys::eventfd_drain(&self.waker);
+        let mut inbox = lock(&self.inbox);
+        if out.is_empty() {
+            std::mem::swap(&mut inbox.commands, out);
+        } else {
+            out.append(&mut inbox.commands);
+        }
+    }
+
+    /// Worker side: commands the worker posted to itself.
+    pub(crate) fn take_local(out: &mut Vec<Command>) {
+        LOCAL.with(|l| out.append(&mut l.borrow_mut()));
+    }
+
+    /// Worker side, on exit: no command will be handled any more; resolve the ones left.
+    pub(crate) fn stop(&self) {
+        let left = {
+            let mut inbox = lock(&self.inbox);
+            inbox.stopped = true;
+            std::mem::take(&mut inbox.commands)
+        };
+        let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        left.into_iter().chain(local).for_each(resolve_offline);
+        CURRENT.with(|c| c.set(0));
+    }
+
+    pub(crate) fn schedule_flush(&self, session: &Session) {
+        self.post(Command::Flush(session.clone()));
+    }
+
+    pub(crate) fn request_close(&self, session: &Session, reason: CloseReason) {
+        self.post(Command::Close(session.clone(), reason));
+    }
+}
+
+/// What a command means once its worker has stopped: release whatever it holds.
+fn resolve_offline(cmd: Command) {
+    match cmd {
+        Command::Register(_, session) | Command::Flush(session) | Command::Close(session, _) => {
+            session.shared.closing.store(true, Ordering::Release);
+            drop(session.shared.queue.close());
+        }
+        Command::Listen(_) | Command::Shutdown => {}
+    }
+}

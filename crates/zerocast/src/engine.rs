@@ -1,0 +1,278 @@
+//! The engine: configuration, worker threads, listening and connecting.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::driver::epoll::Worker;
+use crate::driver::{Command, WorkerShared};
+use crate::frame::{Decoder, LengthPrefixed};
+use crate::metrics::{Metrics, Snapshot};
+use crate::session::queue::SendQueue;
+use crate::session::{Registry, Session, SessionShared};
+use crate::sync::lock;
+use crate::{sys, Handler};
+
+/// Engine settings. Build with [`Engine::builder`].
+#[derive(Clone)]
+pub struct Config {
+    /// Worker threads; default: the number of CPUs.
+    pub workers: usize,
+    /// Pin worker `i` to CPU `cpus[i % cpus.len()]`; default: no pinning.
+    pub cpus: Vec<usize>,
+    /// Largest frame accepted, header included; default 65,535 (the 16-bit maximum).
+    pub max_frame: usize,
+    /// Listen backlog; default 4,096.
+    pub backlog: i32,
+    /// Size of each worker's receive chunk; default 64 KiB.
+    pub recv_chunk: usize,
+    /// Reads per readiness event before a session yields to others; default 8.
+    pub read_budget: usize,
+    /// Framing; default [`LengthPrefixed`] with `max_frame`.
+    pub decoder: Option<Arc<dyn Decoder>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workers: sys::available_cpus(),
+            cpus: Vec::new(),
+            max_frame: LengthPrefixed::MAX,
+            backlog: 4096,
+            recv_chunk: 64 * 1024,
+            read_budget: 8,
+            decoder: None,
+        }
+    }
+}
+
+/// Builds an [`Engine`].
+#[derive(Default)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Number of worker threads (at least 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n.max(1);
+        self
+    }
+
+    /// Pins workers to these CPUs, round-robin.
+    pub fn pin_cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+
+    /// Largest accepted frame, header included (clamped to 4..=65,535).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.config.max_frame = bytes;
+        self
+    }
+
+    /// Listen backlog.
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.config.backlog = n;
+        self
+    }
+
+    /// A framing other than the default.
+    pub fn decoder(mut self, decoder: impl Decoder) -> Self {
+        self.config.decoder = Some(Arc::new(decoder));
+        self
+    }
+
+    /// Starts the workers; every session of this engine is served by `handler`.
+    ///
+    /// # Errors
+    /// If a worker's epoll instance, eventfd or thread cannot be created.
+    pub fn build(self, handler: impl Handler) -> io::Result<Engine> {
+        Engine::start(self.config, Arc::new(handler))
+    }
+}
+
+/// Shared by the engine and its workers.
+pub(crate) struct EngineCtx {
+    pub(crate) config: Config,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) decoder: Arc<dyn Decoder>,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: Registry,
+    next_id: AtomicU64,
+}
+
+impl EngineCtx {
+    pub(crate) fn new_session(&self, peer: SocketAddr, worker: &Arc<WorkerShared>) -> Session {
+        Session {
+            shared: Arc::new(SessionShared {
+                id: crate::SessionId(self.next_id.fetch_add(1, Ordering::Relaxed)),
+                peer,
+                token: AtomicU64::new(u64::MAX),
+                worker: worker.clone(),
+                queue: SendQueue::new(),
+                closing: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+/// A running set of workers that serve sessions, accepted or connected.
+///
+/// Dropping the engine shuts it down: every session is closed with
+/// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown) and the workers are joined.
+pub struct Engine {
+    ctx: Arc<EngineCtx>,
+    workers: Vec<Arc<WorkerShared>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next_worker: AtomicUsize,
+}
+
+impl Engine {
+    /// A builder with default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn start(config: Config, handler: Arc<dyn Handler>) -> io::Result<Self> {
+        let decoder = config
+            .decoder
+            .clone()
+            .unwrap_or_else(|| Arc::new(LengthPrefixed::new(config.max_frame)));
+        let ctx = Arc::new(EngineCtx {
+            handler,
+            decoder,
+            metrics: Metrics::default(),
+            registry: Registry::new(),
+            next_id: AtomicU64::new(1),
+            config,
+        });
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..ctx.config.workers.max(1) {
+            let shared = Arc::new(WorkerShared::new(i)?);
+            let worker = Worker::new(shared.clone(), ctx.clone())?;
+            let cpu =
+                (!ctx.config.cpus.is_empty()).then(|| ctx.config.cpus[i % ctx.config.cpus.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("zerocast-worker-{i}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = sys::pin_to_cpu(cpu) {
+                            tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
+                        }
+                    }
+                    worker.run();
+                })?;
+            workers.push(shared);
+            threads.push(thread);
+        }
+        Ok(Self {
+            ctx,
+            workers,
+            threads: Mutex::new(threads),
+            next_worker: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts accepting on `addr` (port 0 picks a free port) with one `SO_REUSEPORT` listener
+    /// per worker, so the kernel spreads connections over workers without a hand-off.
+    /// Returns the bound address.
+    ///
+    /// # Errors
+    /// If the address cannot be bound.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let first = self.listener(addr)?;
+        let bound = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))?;
+        let mut sockets = vec![first];
+        for _ in 1..self.workers.len() {
+            sockets.push(self.listener(bound)?);
+        }
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            worker.post(Command::Listen(OwnedFd::from(socket)));
+        }
+        Ok(bound)
+    }
+
+    fn listener(&self, addr: SocketAddr) -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(self.ctx.config.backlog)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+
+    /// Opens an outgoing connection served by this engine's handler, like an accepted one.
+    /// Blocks the caller until connected (at most 10 s).
+    ///
+    /// # Errors
+    /// If the connection fails or times out.
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<Session> {
+        self.connect_from(addr, None)
+    }
+
+    /// Like [`connect`](Engine::connect), binding the local side to `source` first (spreading
+    /// many connections over several 127.0.0.x addresses multiplies the ephemeral ports).
+    ///
+    /// # Errors
+    /// If binding, connecting or configuring the socket fails.
+    pub fn connect_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Session> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if let Some(ip) = source {
+            socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+        }
+        socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+        socket.set_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let worker = &self.workers[i];
+        let session = self.ctx.new_session(addr, worker);
+        self.ctx.metrics.connected.add(1);
+        worker.post(Command::Register(OwnedFd::from(socket), session.clone()));
+        Ok(session)
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> &Registry {
+        &self.ctx.registry
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Snapshot {
+        self.ctx.metrics.snapshot()
+    }
+
+    /// Closes every session and listener and joins the workers. Idempotent.
+    pub fn shutdown(&self) {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        if threads.is_empty() {
+            return;
+        }
+        for w in &self.workers {
+            w.post(Command::Shutdown);
+        }
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

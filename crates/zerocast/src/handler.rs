@@ -1,0 +1,83 @@
+//! The application side: what the engine calls, and the borrowed frame view it passes.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::session::{CloseReason, Session};
+
+/// Callbacks from the engine's workers. One handler serves every session of an engine and is
+/// called from all workers concurrently; each session's callbacks come from its own worker, in
+/// order: `on_connect`, then `on_frame` for every frame, then `on_disconnect` exactly once.
+///
+/// Callbacks run on the event loop: keep them short and never block.
+pub trait Handler: Send + Sync + 'static {
+    /// A session opened (accepted or connected). It is already in the registry.
+    fn on_connect(&self, session: &Session) {
+        let _ = session;
+    }
+
+    /// One complete frame arrived.
+    fn on_frame(&self, session: &Session, frame: Frame<'_>);
+
+    /// The session ended. It is removed from the registry right after this returns.
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        let _ = (session, reason);
+    }
+}
+
+/// A complete frame, borrowed from the memory the socket was read into: parsing and delivery
+/// copy nothing.
+///
+/// To keep or relay a frame past the callback, take a [`Bytes`] view with
+/// [`payload_bytes`](Frame::payload_bytes) or [`frame_bytes`](Frame::frame_bytes): it shares the
+/// receive memory (a reference count increment) instead of copying it.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    id: u16,
+    data: &'a Bytes,
+    /// The whole frame within `data`.
+    frame: (usize, usize),
+    /// Payload start within `data`.
+    payload_start: usize,
+}
+
+impl<'a> Frame<'a> {
+    pub(crate) fn new(id: u16, data: &'a Bytes, frame: Range<usize>, header: usize) -> Self {
+        debug_assert!(frame.start + header <= frame.end && frame.end <= data.len());
+        Self {
+            id,
+            data,
+            frame: (frame.start, frame.end),
+            payload_start: frame.start + header,
+        }
+    }
+
+    /// The packet id from the header (0 for framings without ids).
+    #[inline]
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The payload (the frame without its header).
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        &self.data[self.payload_start..self.frame.1]
+    }
+
+    /// The whole frame as received, header included.
+    #[inline]
+    pub fn as_slice(&self) -> &'a [u8] {
+        &self.data[self.frame.0..self.frame.1]
+    }
+
+    /// The payload as shared bytes (no copy).
+    pub fn payload_bytes(&self) -> Bytes {
+        self.data.slice(self.payload_start..self.frame.1)
+    }
+
+    /// The whole frame, header included, as shared bytes (no copy).
+    pub fn frame_bytes(&self) -> Bytes {
+        self.data.slice(self.frame.0..self.frame.1)
+    }
+}

@@ -1,0 +1,206 @@
+//! Counters. Engine counters live in [`Metrics`] (one per engine); buffer gauges are
+//! process-wide because a [`SendBuffer`](crate::SendBuffer) belongs to no engine.
+//!
+//! Counters that several threads bump on the hot path are striped: each thread adds to its own
+//! cache-line-padded slot and a reader sums the slots, so no cache line bounces between cores.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+const STRIPES: usize = 16;
+
+/// Keeps a value on its own cache line (128 bytes: adjacent-line prefetch pairs lines on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter that many threads add to and few read. Reads are a sum of relaxed loads: exact
+/// once writers are quiescent, approximate while they run.
+#[derive(Debug)]
+pub struct Striped {
+    slots: [Padded<AtomicI64>; STRIPES],
+}
+
+impl Striped {
+    /// A zeroed counter.
+    pub const fn new() -> Self {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const ZERO: Padded<AtomicI64> = Padded(AtomicI64::new(0));
+        Self {
+            slots: [ZERO; STRIPES],
+        }
+    }
+
+    #[inline]
+    fn slot(&self) -> &AtomicI64 {
+        thread_local! {
+            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let i = STRIPE.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+            }
+            s.get()
+        });
+        &self.slots[i].0
+    }
+
+    /// Adds `n` (may be negative).
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.slot().fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current sum.
+    pub fn get(&self) -> i64 {
+        self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Default for Striped {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Process-wide: [`SendBuffer`](crate::SendBuffer) handles alive (each queued reference counts
+/// once). Back to zero when every session is gone and the application holds none.
+pub(crate) static LIVE_SEND_BUFFERS: Striped = Striped::new();
+/// Process-wide: pooled send chunks that still have bytes lent out.
+pub(crate) static CHUNKS_IN_USE: Striped = Striped::new();
+/// Process-wide: pooled send chunks ever allocated.
+pub(crate) static CHUNKS_ALLOCATED: Striped = Striped::new();
+
+/// One engine's counters. Cheap to bump from its workers; read with [`Metrics::snapshot`].
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) connections_open: Striped,
+    pub(crate) accepted: Striped,
+    pub(crate) connected: Striped,
+    pub(crate) closed: Striped,
+    pub(crate) frames_in: Striped,
+    pub(crate) bytes_in: Striped,
+    pub(crate) frames_out: Striped,
+    pub(crate) bytes_out: Striped,
+    pub(crate) writes: Striped,
+    pub(crate) protocol_errors: Striped,
+    pub(crate) recv_chunks_allocated: Striped,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sessions currently open.
+    pub connections_open: i64,
+    /// Connections accepted by listeners.
+    pub accepted: i64,
+    /// Outgoing connections established by [`Engine::connect`](crate::Engine::connect).
+    pub connected: i64,
+    /// Sessions closed, for any reason.
+    pub closed: i64,
+    /// Frames received and handed to handlers.
+    pub frames_in: i64,
+    /// Bytes received.
+    pub bytes_in: i64,
+    /// Messages ([`SendBuffer`](crate::SendBuffer)s) fully written to sockets.
+    pub frames_out: i64,
+    /// Bytes written to sockets.
+    pub bytes_out: i64,
+    /// Vectored write system calls that wrote something.
+    pub writes: i64,
+    /// Sessions closed for a protocol error.
+    pub protocol_errors: i64,
+    /// Receive chunks allocated (the worker reuses its chunk when no frame view pins it).
+    pub recv_chunks_allocated: i64,
+    /// Process-wide: live [`SendBuffer`](crate::SendBuffer) handles.
+    pub live_send_buffers: i64,
+    /// Process-wide: pooled send chunks with bytes still lent out.
+    pub chunks_in_use: i64,
+    /// Process-wide: pooled send chunks ever allocated.
+    pub chunks_allocated: i64,
+}
+
+impl Snapshot {
+    /// Messages per vectored write: how well sends coalesce (1.0 means no coalescing).
+    pub fn messages_per_write(&self) -> f64 {
+        if self.writes == 0 {
+            0.0
+        } else {
+            self.frames_out as f64 / self.writes as f64
+        }
+    }
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "open={} accepted={} connected={} closed={} frames_in={} bytes_in={} frames_out={} \
+             bytes_out={} writes={} msgs_per_write={:.2} protocol_errors={} \
+             live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={}",
+            self.connections_open,
+            self.accepted,
+            self.connected,
+            self.closed,
+            self.frames_in,
+            self.bytes_in,
+            self.frames_out,
+            self.bytes_out,
+            self.writes,
+            self.messages_per_write(),
+            self.protocol_errors,
+            self.live_send_buffers,
+            self.chunks_in_use,
+            self.chunks_allocated,
+            self.recv_chunks_allocated,
+        )
+    }
+}
+
+impl Metrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            connections_open: self.connections_open.get(),
+            accepted: self.accepted.get(),
+            connected: self.connected.get(),
+            closed: self.closed.get(),
+            frames_in: self.frames_in.get(),
+            bytes_in: self.bytes_in.get(),
+            frames_out: self.frames_out.get(),
+            bytes_out: self.bytes_out.get(),
+            writes: self.writes.get(),
+            protocol_errors: self.protocol_errors.get(),
+            recv_chunks_allocated: self.recv_chunks_allocated.get(),
+            live_send_buffers: LIVE_SEND_BUFFERS.get(),
+            chunks_in_use: CHUNKS_IN_USE.get(),
+            chunks_allocated: CHUNKS_ALLOCATED.get(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_sums_across_threads() {
+        let c = std::sync::Arc::new(Striped::new());
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.add(1);
+                    }
+                    c.add(-500);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(c.get(), 2000);
+    }
+}

@@ -1,0 +1,180 @@
+//! Sessions: the handle applications hold for one connection, and why it ends.
+
+pub(crate) mod queue;
+mod registry;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use registry::Registry;
+
+use crate::buffer::SendBuffer;
+use crate::driver::WorkerShared;
+use crate::frame::FrameError;
+use queue::{Push, SendQueue};
+
+/// Identifies a session for the life of an engine; never reused. Assigned by the engine: a peer
+/// never names itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a session ended. Passed to [`Handler::on_disconnect`](crate::Handler::on_disconnect) and
+/// logged with `tracing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side in order (end of stream), after its replies were flushed.
+    PeerClosed,
+    /// The peer reset the connection (ECONNRESET, EPIPE).
+    Reset,
+    /// The peer broke the framing; the detail says how.
+    Protocol(FrameError),
+    /// The engine is shutting down.
+    Shutdown,
+    /// The application closed the session with [`Session::close`].
+    Local(&'static str),
+    /// Any other I/O error.
+    Io(std::io::ErrorKind),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PeerClosed => f.write_str("peer closed"),
+            Self::Reset => f.write_str("connection reset"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Shutdown => f.write_str("shutdown"),
+            Self::Local(why) => write!(f, "closed locally: {why}"),
+            Self::Io(kind) => write!(f, "I/O error: {kind}"),
+        }
+    }
+}
+
+impl CloseReason {
+    pub(crate) fn from_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionReset | BrokenPipe | ConnectionAborted => Self::Reset,
+            kind => Self::Io(kind),
+        }
+    }
+}
+
+/// The send was refused because the session is closed; the buffer was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("session is closed")]
+pub struct Closed;
+
+/// A handle to one connection, cheap to clone and usable from any thread.
+///
+/// [`send`](Session::send) queues a [`SendBuffer`] reference; the owning worker gathers
+/// everything queued into one vectored write, with exactly one write in flight per session.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) shared: Arc<SessionShared>,
+}
+
+pub(crate) struct SessionShared {
+    pub(crate) id: SessionId,
+    pub(crate) peer: SocketAddr,
+    /// Slot token in the owning worker (index and generation).
+    pub(crate) token: std::sync::atomic::AtomicU64,
+    pub(crate) worker: Arc<WorkerShared>,
+    pub(crate) queue: SendQueue<SendBuffer>,
+    /// Set once a close was requested; further frames are not delivered.
+    pub(crate) closing: AtomicBool,
+}
+
+impl Session {
+    /// This session's id.
+    #[inline]
+    pub fn id(&self) -> SessionId {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Queues one buffer.
+    ///
+    /// # Errors
+    /// [`Closed`] if the session has ended; the buffer is dropped.
+    #[inline]
+    pub fn send(&self, buf: SendBuffer) -> Result<(), Closed> {
+        let len = buf.len();
+        self.push(std::iter::once(buf), len)
+    }
+
+    /// Queues several buffers back to back: no other sender's buffer lands between them. Use it
+    /// to send a new header or prefix followed by bytes you did not copy.
+    ///
+    /// # Errors
+    /// [`Closed`] if the session has ended; the buffers are dropped.
+    pub fn send_gather(&self, bufs: &[SendBuffer]) -> Result<(), Closed> {
+        let len = bufs.iter().map(SendBuffer::len).sum();
+        self.push(bufs.iter().cloned(), len)
+    }
+
+    fn push(&self, bufs: impl IntoIterator<Item = SendBuffer>, len: usize) -> Result<(), Closed> {
+        match self.shared.queue.push(bufs, len) {
+            Push::Queued => Ok(()),
+            Push::Schedule => {
+                self.shared.worker.schedule_flush(self);
+                Ok(())
+            }
+            Push::Closed(()) => Err(Closed),
+        }
+    }
+
+    /// Asks the owning worker to close this session. Frames already received but not yet
+    /// delivered are dropped; queued sends are dropped. Idempotent.
+    pub fn close(&self, reason: &'static str) {
+        if !self
+            .shared
+            .closing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.shared
+                .worker
+                .request_close(self, CloseReason::Local(reason));
+        }
+    }
+
+    /// True once a close was requested or performed.
+    pub fn is_closing(&self) -> bool {
+        self.shared
+            .closing
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Bytes queued on this session and not yet taken by its writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queue.queued_bytes()
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Session {}

@@ -1,0 +1,70 @@
+//! Every open session of an engine, by id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Session, SessionId};
+use crate::buffer::SendBuffer;
+use crate::sync::lock;
+
+const SHARDS: usize = 16;
+
+/// Open sessions by id. Sharded so that workers adding and removing sessions on connect and
+/// disconnect rarely contend. Sessions are added before `on_connect` and removed after
+/// `on_disconnect`.
+pub struct Registry {
+    shards: [Mutex<HashMap<SessionId, Session>>; SHARDS],
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn shard(&self, id: SessionId) -> &Mutex<HashMap<SessionId, Session>> {
+        &self.shards[(id.0 as usize) % SHARDS]
+    }
+
+    pub(crate) fn insert(&self, session: Session) {
+        lock(self.shard(session.id())).insert(session.id(), session);
+    }
+
+    pub(crate) fn remove(&self, id: SessionId) -> Option<Session> {
+        lock(self.shard(id)).remove(&id)
+    }
+
+    /// The session with this id, if open.
+    pub fn get(&self, id: SessionId) -> Option<Session> {
+        lock(self.shard(id)).get(&id).cloned()
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// True if no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every open session. Shards are locked one at a time; `f` must not add or
+    /// remove sessions (sending is fine).
+    pub fn for_each(&self, mut f: impl FnMut(&Session)) {
+        for shard in &self.shards {
+            for s in lock(shard).values() {
+                f(s);
+            }
+        }
+    }
+
+    /// Queues `bufs` back to back on every open session: one reference per session per buffer,
+    /// no copy. Returns how many sessions took them.
+    pub fn broadcast(&self, bufs: &[SendBuffer]) -> usize {
+        let mut n = 0;
+        self.for_each(|s| n += usize::from(s.send_gather(bufs).is_ok()));
+        n
+    }
+}
