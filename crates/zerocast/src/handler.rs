@@ -12,7 +12,8 @@ use crate::session::{CloseReason, Session};
 ///
 /// Callbacks run on the event loop: keep them short and never block.
 pub trait Handler: Send + Sync + 'static {
-    /// A session opened (accepted or connected). It is already in the registry.
+    /// A session opened (accepted or connected). It enters the engine's registry right after
+    /// this returns, so a session found in the registry has had its `on_connect`.
     fn on_connect(&self, session: &Session) {
         let _ = session;
     }

@@ -119,10 +119,16 @@ impl WorkerShared {
     }
 
     /// Worker side: takes every posted command into `out`.
+    ///
+    /// Invariant kept: while `wake_pending` is true, the eventfd holds a signal, so the worker
+    /// will wake. Hence the order: drain the eventfd, *then* clear the flag, then look. Clearing
+    /// first would let a producer set the flag and signal in between, and the drain would
+    /// swallow that signal while the flag stayed set: every later producer would skip waking
+    /// a worker that never wakes.
     pub(crate) fn take_inbox(&self, out: &mut Vec<Command>) {
+        sys::eventfd_drain(&self.waker);
         // Clear before looking, as in the send hand-off; see `wake`.
         self.wake_pending.store(false, Ordering::Release);
-        sys::eventfd_drain(&self.waker);
         let mut inbox = lock(&self.inbox);
         if out.is_empty() {
             std::mem::swap(&mut inbox.commands, out);

@@ -10,8 +10,8 @@ use crate::sync::lock;
 const SHARDS: usize = 16;
 
 /// Open sessions by id. Sharded so that workers adding and removing sessions on connect and
-/// disconnect rarely contend. Sessions are added before `on_connect` and removed after
-/// `on_disconnect`.
+/// disconnect rarely contend. A session is added right after its `on_connect` returns and
+/// removed right after its `on_disconnect` returns.
 pub struct Registry {
     shards: [Mutex<HashMap<SessionId, Session>>; SHARDS],
 }

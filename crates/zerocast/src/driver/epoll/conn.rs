@@ -38,6 +38,9 @@ pub(super) struct Conn {
     batch: VecDeque<SendBuffer>,
     head_written: usize,
     pub(super) draining: bool,
+    /// The peer half-closed, hung up or errored (RDHUP, HUP, ERR): read until end of stream
+    /// or error, never stop at a short read, or the edge that announced it is lost.
+    pub(super) hup: bool,
     eof: bool,
 }
 
@@ -51,6 +54,7 @@ impl Conn {
             batch: VecDeque::new(),
             head_written: 0,
             draining: false,
+            hup: false,
             eof: false,
         }
     }
@@ -145,7 +149,13 @@ impl Worker {
         } else {
             deliver_chunk(ctx, conn, &data)?;
         }
-        Ok(if n < asked { Read::Drained } else { Read::More })
+        // A short read drained the socket: new data raises a new edge. Not so for an end of
+        // stream that arrived with the data (see `hup`).
+        Ok(if n < asked && !conn.hup {
+            Read::Drained
+        } else {
+            Read::More
+        })
     }
 
     /// The peer closed its side. Replies already queued are still written; the session closes

@@ -115,6 +115,12 @@ impl Worker {
         const READ: u32 =
             (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         const WRITE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        const HUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if bits & HUP != 0 {
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.hup = true;
+            }
+        }
         if bits & READ != 0 {
             self.on_readable(token);
         }
@@ -250,9 +256,9 @@ impl Worker {
         }
         let m = &self.ctx.metrics;
         m.connections_open.add(1);
-        self.ctx.registry.insert(session.clone());
         tracing::trace!(session = %session.id(), peer = %session.peer_addr(), "session opened");
         self.ctx.handler.on_connect(&session);
+        self.ctx.registry.insert(session);
     }
 
     fn close(&mut self, token: u64, reason: CloseReason) {

@@ -1,0 +1,138 @@
+//! Echo over loopback: exact bytes, in order, under any split; bad peers touch no one else.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use util::*;
+use zerocast::servers::Echo;
+
+#[test]
+fn hundred_clients_echo_random_frames_in_random_splits() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 2);
+    let clients: Vec<_> = (0..100u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(c);
+                let mut wire = Vec::new();
+                for i in 0..1000u32 {
+                    let len = rng.gen_range(0..=4096);
+                    let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    wire.extend_from_slice(&frame(i as u16, &payload));
+                }
+                let mut s = connect(addr);
+                let mut r = s.try_clone().unwrap();
+                let expect = wire.clone();
+                let reader = std::thread::spawn(move || {
+                    let mut got = vec![0u8; expect.len()];
+                    r.read_exact(&mut got).expect("all echoed bytes arrive");
+                    assert!(got == expect, "client {c}: echoed bytes differ");
+                });
+                write_in_random_splits(&mut s, &wire, &mut rng);
+                reader.join().unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let m = engine.metrics();
+    assert_eq!(m.frames_in, 100_000);
+    assert_eq!(m.frames_out, 100_000);
+    assert!(m.writes > 0);
+    assert_no_leaks(&engine);
+}
+
+#[test]
+fn malformed_header_closes_only_its_connection() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 2);
+    let mut good: Vec<_> = (0..10).map(|_| connect(addr)).collect();
+    for bad_size in [0u16, 1, 2, 3, 70] {
+        let builder = zerocast::Engine::builder().workers(1).max_frame(64);
+        let (small, small_addr) = server_with(builder, Echo);
+        let mut bad = connect(if bad_size == 70 { small_addr } else { addr });
+        bad.write_all(&bad_size.to_le_bytes()).unwrap();
+        bad.write_all(&[0, 0]).unwrap();
+        assert!(
+            closed_by_peer(&mut bad),
+            "size {bad_size} closes the sender"
+        );
+        if bad_size == 70 {
+            assert_eq!(small.metrics().protocol_errors, 1);
+        }
+    }
+    for (i, s) in good.iter_mut().enumerate() {
+        let f = frame(i as u16, b"still here");
+        s.write_all(&f).unwrap();
+        assert_eq!(read_frame(s).unwrap(), (i as u16, b"still here".to_vec()));
+    }
+    assert_eq!(engine.metrics().protocol_errors, 4);
+    drop(good);
+    assert_no_leaks(&engine);
+}
+
+#[test]
+fn reset_mid_frame_disturbs_no_one() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 2);
+    let mut good = connect(addr);
+    for _ in 0..20 {
+        let s = connect(addr);
+        let f = frame(1, &[7u8; 1000]);
+        (&s).write_all(&f[..500]).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s); // RST
+    }
+    let f = frame(2, b"ping");
+    good.write_all(&f).unwrap();
+    assert_eq!(read_frame(&mut good).unwrap(), (2, b"ping".to_vec()));
+    drop(good);
+    assert_no_leaks(&engine);
+}
+
+#[test]
+fn half_closed_client_still_gets_its_replies() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 2);
+    let mut wire = Vec::new();
+    for i in 0..200u16 {
+        wire.extend_from_slice(&frame(i, &vec![i as u8; usize::from(i) * 10]));
+    }
+    let mut s = connect(addr);
+    s.write_all(&wire).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(got == wire, "every reply arrives before the server closes");
+    assert_no_leaks(&engine);
+    assert_eq!(engine.metrics().closed, 1);
+}
+
+#[test]
+fn raw_mode_echoes_unframed_bytes() {
+    let _g = serial();
+    let builder = zerocast::Engine::builder()
+        .workers(1)
+        .decoder(zerocast::frame::Raw);
+    let (engine, addr) = server_with(builder, Echo);
+    let mut s = connect(addr);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let mut r = s.try_clone().unwrap();
+    let expect = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expect.len()];
+        r.read_exact(&mut got).unwrap();
+        assert!(got == expect);
+    });
+    s.write_all(&data).unwrap();
+    reader.join().unwrap();
+    drop(s);
+    assert_no_leaks(&engine);
+}

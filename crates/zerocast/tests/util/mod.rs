@@ -1,0 +1,108 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use zerocast::{Engine, Handler};
+
+/// Tests in one binary share the process-wide buffer gauges: those that assert them run one
+/// at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An engine with `workers` workers listening on a free loopback port.
+pub fn server(handler: impl Handler, workers: usize) -> (Engine, SocketAddr) {
+    server_with(Engine::builder().workers(workers), handler)
+}
+
+pub fn server_with(builder: zerocast::Builder, handler: impl Handler) -> (Engine, SocketAddr) {
+    let engine = builder.build(handler).expect("engine starts");
+    let addr = engine
+        .listen("127.0.0.1:0".parse().unwrap())
+        .expect("listen on loopback");
+    (engine, addr)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// A frame in the default wire format.
+pub fn frame(id: u16, payload: &[u8]) -> Vec<u8> {
+    let size = u16::try_from(4 + payload.len()).expect("frame fits");
+    let mut f = Vec::with_capacity(usize::from(size));
+    f.extend_from_slice(&size.to_le_bytes());
+    f.extend_from_slice(&id.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one frame: `(id, payload)`.
+pub fn read_frame(s: &mut impl Read) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h)?;
+    let size = usize::from(u16::from_le_bytes([h[0], h[1]]));
+    let id = u16::from_le_bytes([h[2], h[3]]);
+    let mut payload = vec![0u8; size.saturating_sub(4)];
+    s.read_exact(&mut payload)?;
+    Ok((id, payload))
+}
+
+/// True once the peer has closed: a read returns end of stream or a reset.
+pub fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Waits until the engine has no session and no buffer is alive, then asserts it.
+pub fn assert_no_leaks(engine: &Engine) {
+    let ok = wait_until(Duration::from_secs(30), || {
+        zerocast::buffer::reclaim_thread_pool();
+        let m = engine.metrics();
+        m.connections_open == 0 && m.live_send_buffers == 0 && m.chunks_in_use == 0
+    });
+    let m = engine.metrics();
+    assert!(ok, "leak: {m}");
+}
+
+/// Writes `data` in random pieces: single bytes, small pieces and large multi-frame runs.
+pub fn write_in_random_splits(s: &mut impl Write, data: &[u8], rng: &mut impl rand::Rng) {
+    let mut off = 0;
+    while off < data.len() {
+        let n = match rng.gen_range(0..10) {
+            0..=2 => 1,
+            3..=6 => rng.gen_range(1..64),
+            _ => rng.gen_range(64..16384),
+        }
+        .min(data.len() - off);
+        s.write_all(&data[off..off + n]).expect("write");
+        off += n;
+    }
+}
