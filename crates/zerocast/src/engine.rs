@@ -4,7 +4,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::frame::{Decoder, LengthPrefixed};
 use crate::metrics::{Metrics, Snapshot};
 use crate::session::queue::SendQueue;
 use crate::session::{Registry, Session, SessionShared};
-use crate::sync::lock;
+use crate::sync::{lock, Mutex};
 use crate::{sys, Handler};
 
 /// Engine settings. Build with [`Engine::builder`].

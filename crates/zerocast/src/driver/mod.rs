@@ -19,10 +19,10 @@
 
 pub(crate) mod epoll;
 
+use crate::sync::Mutex;
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use crate::session::{CloseReason, Session};
 use crate::sync::lock;

@@ -102,7 +102,11 @@ impl<T> SendQueue<T> {
     pub(crate) fn finish(&self) -> bool {
         // Release: a producer that later swaps and reads `false` sees this drainer's state.
         // The clear must come before the look below; see the module docs.
-        self.registered.store(false, Ordering::Release);
+        //
+        // An RMW rather than a plain store: equivalent here, but loom 0.7 does not enforce RMW
+        // atomicity against concurrent plain stores (tokio-rs/loom#254, #389) and reports
+        // executions no real machine can produce.
+        self.registered.swap(false, Ordering::AcqRel);
         let pending = !lock(&self.inner).items.is_empty();
         pending && !self.registered.swap(true, Ordering::AcqRel)
     }
@@ -115,7 +119,7 @@ impl<T> SendQueue<T> {
         if pending {
             return true;
         }
-        self.registered.store(false, Ordering::Release);
+        self.registered.swap(false, Ordering::AcqRel);
         false
     }
 
@@ -187,10 +191,13 @@ mod loom_tests {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
 
-    fn drain(q: &SendQueue<u32>, drained: &AtomicUsize, broken: bool) {
+    type Log = Arc<loom::sync::Mutex<Vec<String>>>;
+
+    fn drain(q: &SendQueue<u32>, drained: &AtomicUsize, broken: bool, who: &str, log: &Log) {
         let mut batch = VecDeque::new();
         loop {
             q.take(&mut batch);
+            log.lock().unwrap().push(format!("{who} took {:?}", batch));
             drained.fetch_add(batch.len(), Ordering::SeqCst);
             batch.clear();
             let again = if broken {
@@ -198,6 +205,7 @@ mod loom_tests {
             } else {
                 q.finish()
             };
+            log.lock().unwrap().push(format!("{who} finish -> {again}"));
             if !again {
                 break;
             }
@@ -208,25 +216,32 @@ mod loom_tests {
         loom::model(move || {
             let q = Arc::new(SendQueue::<u32>::new());
             let drained = Arc::new(AtomicUsize::new(0));
+            let log: Log = Arc::new(loom::sync::Mutex::new(Vec::new()));
             // A drain is in flight when the producers start.
             assert!(q.try_register());
             let producers: Vec<_> = (0..2)
                 .map(|i| {
-                    let (q, drained) = (q.clone(), drained.clone());
+                    let (q, drained, log) = (q.clone(), drained.clone(), log.clone());
                     loom::thread::spawn(move || {
-                        if q.push([i], 1) == Push::Schedule {
-                            drain(&q, &drained, broken);
+                        let who = format!("producer {i}");
+                        let r = q.push([i], 1);
+                        log.lock().unwrap().push(format!("{who} push -> {r:?}"));
+                        if r == Push::Schedule {
+                            drain(&q, &drained, broken, &who, &log);
                         }
                     })
                 })
                 .collect();
-            drain(&q, &drained, broken);
+            drain(&q, &drained, broken, "owner", &log);
             for p in producers {
                 p.join().unwrap();
             }
+            let n = drained.load(Ordering::SeqCst);
+            if n != 2 && !broken {
+                eprintln!("{:#?}", log.lock().unwrap());
+            }
             assert_eq!(
-                drained.load(Ordering::SeqCst),
-                2,
+                n, 2,
                 "an item was left in the queue with nobody scheduled to drain it"
             );
         });

@@ -1,7 +1,7 @@
 //! Every open session of an engine, by id.
 
+use crate::sync::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use super::{Session, SessionId};
 use crate::buffer::SendBuffer;
