@@ -108,9 +108,15 @@ fn serve(engine: Engine, args: &ServerArgs) -> anyhow::Result<()> {
             let engine = &engine;
             let signals_closed = &handle;
             s.spawn(move || {
+                let tick = Duration::from_millis(100);
+                let mut waited = Duration::ZERO;
                 while !signals_closed.is_closed() {
-                    std::thread::sleep(every);
-                    eprintln!("stats {}", engine.metrics());
+                    std::thread::sleep(tick);
+                    waited += tick;
+                    if waited >= every {
+                        waited = Duration::ZERO;
+                        eprintln!("stats {}", engine.metrics());
+                    }
                 }
             });
         }

@@ -49,3 +49,8 @@ pub use group::Group;
 pub use handler::{Frame, Handler};
 pub use metrics::Snapshot;
 pub use session::{CloseReason, Closed, Registry, Session, SessionId};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

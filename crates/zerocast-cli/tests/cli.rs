@@ -1,0 +1,126 @@
+//! The `zerocast` binary: prints one `listening on ADDR` line, serves, and exits 0 on SIGTERM
+//! or SIGINT.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .to_string();
+    (child, addr)
+}
+
+fn stop(mut child: Child, signal: libc_signal::Signal) {
+    libc_signal::send(child.id(), signal);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            let mut rest = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut rest)
+                .unwrap();
+            assert_eq!(rest, "", "exactly one line on stdout");
+            return;
+        }
+        assert!(Instant::now() < end, "server did not exit on {signal:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends a signal without a libc dependency in the test: `kill` is on every Linux machine.
+mod libc_signal {
+    #[derive(Debug, Clone, Copy)]
+    pub enum Signal {
+        Term,
+        Int,
+    }
+    pub fn send(pid: u32, s: Signal) {
+        let name = match s {
+            Signal::Term => "-TERM",
+            Signal::Int => "-INT",
+        };
+        let ok = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+#[test]
+fn echo_serves_frames_and_exits_on_sigterm() {
+    let (child, addr) = start(&["echo", "--listen", "127.0.0.1:0", "--workers", "2"]);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let frame = [9, 0, 5, 0, b'h', b'e', b'l', b'l', b'o'];
+    s.write_all(&frame).unwrap();
+    let mut back = [0u8; 9];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, frame);
+    stop(child, libc_signal::Signal::Term);
+}
+
+#[test]
+fn raw_echo_and_sigint() {
+    let (child, addr) = start(&["echo", "--listen", "127.0.0.1:0", "--raw"]);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET not a frame\r\n").unwrap();
+    let mut back = [0u8; 17];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"GET not a frame\r\n");
+    stop(child, libc_signal::Signal::Int);
+}
+
+#[test]
+fn broadcast_relays_with_sender_id() {
+    let (child, addr) = start(&["broadcast", "--listen", "127.0.0.1:0"]);
+    let mut a = TcpStream::connect(&addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    a.write_all(&[7, 0, 3, 0, b'a', b'b', b'c']).unwrap();
+    let mut back = [0u8; 15];
+    a.read_exact(&mut back).unwrap();
+    assert_eq!(
+        &back[..4],
+        &[15, 0, 3, 0],
+        "size grows by the 8-byte sender id, id kept"
+    );
+    assert_eq!(&back[12..], b"abc");
+    stop(child, libc_signal::Signal::Term);
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["--help"][..],
+        &["echo", "--help"],
+        &["broadcast", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+            .args(sub)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}
