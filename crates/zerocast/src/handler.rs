@@ -82,3 +82,19 @@ impl<'a> Frame<'a> {
         self.data.slice(self.frame.0..self.frame.1)
     }
 }
+
+/// Lets the application keep a handle on its handler's state (groups, game world) while the
+/// engine serves sessions with it.
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn on_connect(&self, session: &Session) {
+        (**self).on_connect(session);
+    }
+
+    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+        (**self).on_frame(session, frame);
+    }
+
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        (**self).on_disconnect(session, reason);
+    }
+}
