@@ -84,6 +84,7 @@ pub struct Metrics {
     pub(crate) frames_out: Striped,
     pub(crate) bytes_out: Striped,
     pub(crate) writes: Striped,
+    pub(crate) writes_blocked: Striped,
     pub(crate) protocol_errors: Striped,
     pub(crate) recv_chunks_allocated: Striped,
 }
@@ -109,6 +110,9 @@ pub struct Snapshot {
     pub bytes_out: i64,
     /// Vectored write system calls that wrote something.
     pub writes: i64,
+    /// Writes that found the socket full (short write or EAGAIN): the session then waits for
+    /// writability with its batch held.
+    pub writes_blocked: i64,
     /// Sessions closed for a protocol error.
     pub protocol_errors: i64,
     /// Receive chunks allocated (the worker reuses its chunk when no frame view pins it).
@@ -137,7 +141,7 @@ impl std::fmt::Display for Snapshot {
         write!(
             f,
             "open={} accepted={} connected={} closed={} frames_in={} bytes_in={} frames_out={} \
-             bytes_out={} writes={} msgs_per_write={:.2} protocol_errors={} \
+             bytes_out={} writes={} writes_blocked={} msgs_per_write={:.2} protocol_errors={} \
              live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={}",
             self.connections_open,
             self.accepted,
@@ -148,6 +152,7 @@ impl std::fmt::Display for Snapshot {
             self.frames_out,
             self.bytes_out,
             self.writes,
+            self.writes_blocked,
             self.messages_per_write(),
             self.protocol_errors,
             self.live_send_buffers,
@@ -171,6 +176,7 @@ impl Metrics {
             frames_out: self.frames_out.get(),
             bytes_out: self.bytes_out.get(),
             writes: self.writes.get(),
+            writes_blocked: self.writes_blocked.get(),
             protocol_errors: self.protocol_errors.get(),
             recv_chunks_allocated: self.recv_chunks_allocated.get(),
             live_send_buffers: LIVE_SEND_BUFFERS.get(),

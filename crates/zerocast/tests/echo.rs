@@ -136,3 +136,41 @@ fn raw_mode_echoes_unframed_bytes() {
     drop(s);
     assert_no_leaks(&engine);
 }
+
+#[test]
+fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 1);
+    // A tiny receive window on the client makes the server's writes short and then EAGAIN.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut wire = Vec::new();
+    for i in 0..100u16 {
+        let payload: Vec<u8> = (0..60 * 1024).map(|b| (b as u16 ^ i) as u8).collect();
+        wire.extend_from_slice(&frame(i, &payload));
+    }
+    let mut w = s.try_clone().unwrap();
+    let expect = wire.clone();
+    let writer = std::thread::spawn(move || w.write_all(&wire).unwrap());
+    let mut got = vec![0u8; expect.len()];
+    let mut off = 0;
+    while off < got.len() {
+        let n = s
+            .read(&mut got[off..(off + 8192).min(expect.len())])
+            .unwrap();
+        assert!(n > 0, "server closed early");
+        off += n;
+        if off % (512 * 1024) < n {
+            std::thread::sleep(Duration::from_millis(20)); // a slow consumer
+        }
+    }
+    writer.join().unwrap();
+    assert!(got == expect, "byte-exact, in order");
+    let m = engine.metrics();
+    assert!(m.writes_blocked > 0, "the partial-write path ran: {m}");
+    drop(s);
+    assert_no_leaks(&engine);
+}

@@ -42,6 +42,9 @@ pub enum CloseReason {
     Local(&'static str),
     /// Any other I/O error.
     Io(std::io::ErrorKind),
+    /// The application's handler panicked while serving this session; the message is the
+    /// panic's. Other sessions on the same worker are unaffected.
+    HandlerPanic(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -53,11 +56,21 @@ impl fmt::Display for CloseReason {
             Self::Shutdown => f.write_str("shutdown"),
             Self::Local(why) => write!(f, "closed locally: {why}"),
             Self::Io(kind) => write!(f, "I/O error: {kind}"),
+            Self::HandlerPanic(msg) => write!(f, "handler panicked: {msg}"),
         }
     }
 }
 
 impl CloseReason {
+    pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        Self::HandlerPanic(msg)
+    }
+
     pub(crate) fn from_io(e: &std::io::Error) -> Self {
         use std::io::ErrorKind::*;
         match e.kind() {

@@ -17,6 +17,8 @@ use crate::sys::{self, IoVecs};
 
 /// Most bytes one `sendmsg` carries.
 const MAX_WRITE: usize = 1024 * 1024;
+/// Send deque capacity (in buffers) kept across drains; more is released once the queue empties.
+const BATCH_KEEP: usize = 1024;
 /// A read into the shared chunk needs at least this much room.
 const MIN_READ: usize = 4096;
 
@@ -196,6 +198,11 @@ impl Worker {
                         continue;
                     }
                     conn.draining = false;
+                    if conn.batch.capacity() > BATCH_KEEP {
+                        // A burst grew the deque; don't pin its peak size for the session's
+                        // life (the queue's deque is swapped for this one on the next take).
+                        conn.batch = VecDeque::new();
+                    }
                     break if conn.eof {
                         Err(CloseReason::PeerClosed)
                     } else {
@@ -251,7 +258,10 @@ fn write_batch(
         iov.clear();
         match result {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ctx.metrics.writes_blocked.add(1);
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
     };
@@ -275,7 +285,11 @@ fn write_batch(
     m.frames_out.add(done);
     // A short write means the socket buffer is full; the kernel then flags the socket so that
     // freeing space raises a new EPOLLOUT edge, and retrying now would only return EAGAIN.
-    Ok(written == offered)
+    if written < offered {
+        m.writes_blocked.add(1);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Delivers the frames in `data`, freshly read into the shared chunk. A trailing incomplete
@@ -289,7 +303,7 @@ fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<(), C
         }
         match next_frame(ctx, &data[off..])? {
             Decoded::Frame { len, header, id } => {
-                deliver(ctx, &conn.session, id, data, off..off + len, header);
+                deliver(ctx, &conn.session, id, data, off..off + len, header)?;
                 off += len;
             }
             Decoded::NeedMore { total } => {
@@ -318,7 +332,7 @@ fn deliver_pending(ctx: &EngineCtx, conn: &mut Conn) -> Result<(), CloseReason> 
         match next_frame(ctx, &conn.pending)? {
             Decoded::Frame { len, header, id } => {
                 let data = conn.pending.split_to(len).freeze();
-                deliver(ctx, &conn.session, id, &data, 0..len, header);
+                deliver(ctx, &conn.session, id, &data, 0..len, header)?;
             }
             Decoded::NeedMore { total } => {
                 conn.pending_total = total;
@@ -338,6 +352,7 @@ fn next_frame(ctx: &EngineCtx, buf: &[u8]) -> Result<Decoded, CloseReason> {
         .map_err(|e: FrameError| CloseReason::Protocol(e))
 }
 
+/// Hands one frame to the handler. A panic in the handler closes this session only.
 fn deliver(
     ctx: &EngineCtx,
     session: &Session,
@@ -345,8 +360,13 @@ fn deliver(
     data: &Bytes,
     range: std::ops::Range<usize>,
     header: usize,
-) {
+) -> Result<(), CloseReason> {
     ctx.metrics.frames_in.add(1);
-    ctx.handler
-        .on_frame(session, Frame::new(id, data, range, header));
+    let frame = Frame::new(id, data, range, header);
+    // AssertUnwindSafe: after a panic the engine touches nothing the handler was using; the
+    // session is closed and the handler's own state is the application's to judge.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.handler.on_frame(session, frame)
+    }))
+    .map_err(|p| CloseReason::from_panic(&*p))
 }

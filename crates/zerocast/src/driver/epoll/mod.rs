@@ -10,6 +10,7 @@ mod conn;
 mod slab;
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -257,7 +258,11 @@ impl Worker {
         let m = &self.ctx.metrics;
         m.connections_open.add(1);
         tracing::trace!(session = %session.id(), peer = %session.peer_addr(), "session opened");
-        self.ctx.handler.on_connect(&session);
+        let handler = &self.ctx.handler;
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.on_connect(&session))) {
+            self.close(token, CloseReason::from_panic(&*p));
+            return;
+        }
         self.ctx.registry.insert(session);
     }
 
@@ -274,12 +279,19 @@ impl Worker {
                 m.protocol_errors.add(1);
                 tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
             }
-            CloseReason::Io(_) => {
+            CloseReason::Io(_) | CloseReason::HandlerPanic(_) => {
                 tracing::info!(session = %session.id(), %reason, "session closed")
             }
             _ => tracing::debug!(session = %session.id(), %reason, "session closed"),
         }
-        self.ctx.handler.on_disconnect(&session, &reason);
+        let handler = &self.ctx.handler;
+        if catch_unwind(AssertUnwindSafe(|| {
+            handler.on_disconnect(&session, &reason)
+        }))
+        .is_err()
+        {
+            tracing::error!(session = %session.id(), "handler panicked in on_disconnect");
+        }
         self.ctx.registry.remove(session.id());
     }
 }
