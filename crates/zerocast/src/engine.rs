@@ -36,6 +36,31 @@ pub struct Config {
     pub read_budget: usize,
     /// Framing; default [`LengthPrefixed`] with `max_frame`.
     pub decoder: Option<Arc<dyn Decoder>>,
+    /// Accepted sessions allowed at once; connections beyond are closed at once and counted in
+    /// [`Snapshot::rejected`]. Default: no cap (the descriptor limit is the cap).
+    pub max_connections: Option<usize>,
+    /// An accepted session must deliver its first complete frame within this time, or it is
+    /// closed ([`CloseReason::FirstFrameTimeout`](crate::CloseReason)): this stops slowloris
+    /// peers that trickle a header and never finish. Default 10 s; `None` disables.
+    pub first_frame_timeout: Option<Duration>,
+    /// An accepted session that delivers no complete frame for this long is closed
+    /// ([`CloseReason::IdleTimeout`](crate::CloseReason)); clients keep quiet sessions alive
+    /// with any frame (a heartbeat). Default 60 s; `None` disables.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes a session may have queued and not yet written (a shared buffer counts its length
+    /// for each session that queues it). A send that would exceed it is refused and the session
+    /// closed at once ([`CloseReason::SlowConsumer`](crate::CloseReason)). Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// A session above this many queued bytes for longer than `slow_consumer_grace` is closed
+    /// as a slow consumer. Default 1 MiB.
+    pub soft_queued_bytes: usize,
+    /// How long a session may stay above `soft_queued_bytes`. Default 5 s.
+    pub slow_consumer_grace: Duration,
+    /// Kernel send buffer per socket (`SO_SNDBUF`). Default `None`: the kernel autotunes it,
+    /// up to `net.ipv4.tcp_wmem`'s maximum (4 MiB here), and that much of a slow consumer's
+    /// backlog sits in the kernel before the queued-bytes limits see it. Setting it bounds both
+    /// the backlog and the kernel memory per connection.
+    pub send_buffer: Option<usize>,
 }
 
 impl Default for Config {
@@ -48,6 +73,13 @@ impl Default for Config {
             recv_chunk: 64 * 1024,
             read_budget: 8,
             decoder: None,
+            max_connections: None,
+            first_frame_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_queued_bytes: 16 * 1024 * 1024,
+            soft_queued_bytes: 1024 * 1024,
+            slow_consumer_grace: Duration::from_secs(5),
+            send_buffer: None,
         }
     }
 }
@@ -83,6 +115,39 @@ impl Builder {
         self
     }
 
+    /// Caps accepted sessions; see [`Config::max_connections`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = Some(n);
+        self
+    }
+
+    /// Deadline for an accepted session's first frame; see [`Config::first_frame_timeout`].
+    pub fn first_frame_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.first_frame_timeout = t;
+        self
+    }
+
+    /// Idle timeout for accepted sessions; see [`Config::idle_timeout`].
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.idle_timeout = t;
+        self
+    }
+
+    /// Slow-consumer limits: close at once above `hard` queued bytes, or after `grace` above
+    /// `soft`; see [`Config::max_queued_bytes`].
+    pub fn queued_bytes_limits(mut self, soft: usize, hard: usize, grace: Duration) -> Self {
+        self.config.soft_queued_bytes = soft;
+        self.config.max_queued_bytes = hard;
+        self.config.slow_consumer_grace = grace;
+        self
+    }
+
+    /// Kernel send buffer per socket; see [`Config::send_buffer`].
+    pub fn send_buffer(mut self, bytes: usize) -> Self {
+        self.config.send_buffer = Some(bytes);
+        self
+    }
+
     /// A framing other than the default.
     pub fn decoder(mut self, decoder: impl Decoder) -> Self {
         self.config.decoder = Some(Arc::new(decoder));
@@ -106,9 +171,26 @@ pub(crate) struct EngineCtx {
     pub(crate) metrics: Metrics,
     pub(crate) registry: Registry,
     next_id: AtomicU64,
+    /// Accepted sessions open, for `max_connections`.
+    accepted_open: AtomicUsize,
 }
 
 impl EngineCtx {
+    /// Counts an accepted session in, unless the engine is at `max_connections`.
+    pub(crate) fn admit(&self) -> bool {
+        let max = self.config.max_connections.unwrap_or(usize::MAX);
+        self.accepted_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts an accepted session out.
+    pub(crate) fn release(&self) {
+        self.accepted_open.fetch_sub(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn new_session(&self, peer: SocketAddr, worker: &Arc<WorkerShared>) -> Session {
         Session {
             shared: Arc::new(SessionShared {
@@ -116,7 +198,7 @@ impl EngineCtx {
                 peer,
                 token: AtomicU64::new(u64::MAX),
                 worker: worker.clone(),
-                queue: SendQueue::new(),
+                queue: SendQueue::with_limit(self.config.max_queued_bytes),
                 closing: AtomicBool::new(false),
             }),
         }
@@ -151,6 +233,7 @@ impl Engine {
             metrics: Metrics::default(),
             registry: Registry::new(),
             next_id: AtomicU64::new(1),
+            accepted_open: AtomicUsize::new(0),
             config,
         });
         let mut workers = Vec::new();

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub(crate) writes: Striped,
     pub(crate) writes_blocked: Striped,
     pub(crate) protocol_errors: Striped,
+    pub(crate) rejected: Striped,
+    pub(crate) timeouts: Striped,
+    pub(crate) slow_consumers: Striped,
     pub(crate) recv_chunks_allocated: Striped,
 }
 
@@ -115,6 +118,12 @@ pub struct Snapshot {
     pub writes_blocked: i64,
     /// Sessions closed for a protocol error.
     pub protocol_errors: i64,
+    /// Connections closed at accept because the engine was at `max_connections`.
+    pub rejected: i64,
+    /// Sessions closed by the first-frame deadline or the idle timeout.
+    pub timeouts: i64,
+    /// Sessions closed as slow consumers.
+    pub slow_consumers: i64,
     /// Receive chunks allocated (the worker reuses its chunk when no frame view pins it).
     pub recv_chunks_allocated: i64,
     /// Process-wide: live [`SendBuffer`](crate::SendBuffer) handles.
@@ -142,6 +151,7 @@ impl std::fmt::Display for Snapshot {
             f,
             "open={} accepted={} connected={} closed={} frames_in={} bytes_in={} frames_out={} \
              bytes_out={} writes={} writes_blocked={} msgs_per_write={:.2} protocol_errors={} \
+             rejected={} timeouts={} slow_consumers={} \
              live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={}",
             self.connections_open,
             self.accepted,
@@ -155,6 +165,9 @@ impl std::fmt::Display for Snapshot {
             self.writes_blocked,
             self.messages_per_write(),
             self.protocol_errors,
+            self.rejected,
+            self.timeouts,
+            self.slow_consumers,
             self.live_send_buffers,
             self.chunks_in_use,
             self.chunks_allocated,
@@ -178,6 +191,9 @@ impl Metrics {
             writes: self.writes.get(),
             writes_blocked: self.writes_blocked.get(),
             protocol_errors: self.protocol_errors.get(),
+            rejected: self.rejected.get(),
+            timeouts: self.timeouts.get(),
+            slow_consumers: self.slow_consumers.get(),
             recv_chunks_allocated: self.recv_chunks_allocated.get(),
             live_send_buffers: LIVE_SEND_BUFFERS.get(),
             chunks_in_use: CHUNKS_IN_USE.get(),

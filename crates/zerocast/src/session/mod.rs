@@ -42,6 +42,15 @@ pub enum CloseReason {
     Local(&'static str),
     /// Any other I/O error.
     Io(std::io::ErrorKind),
+    /// The peer did not read fast enough: its queued bytes passed the hard limit, or stayed
+    /// above the soft limit for the grace period.
+    SlowConsumer,
+    /// No complete frame arrived within the first-frame deadline.
+    FirstFrameTimeout,
+    /// No complete frame arrived for the idle timeout.
+    IdleTimeout,
+    /// The engine was at `max_connections` when this connection was accepted.
+    TooManyConnections,
     /// The application's handler panicked while serving this session; the message is the
     /// panic's. Other sessions on the same worker are unaffected.
     HandlerPanic(String),
@@ -56,6 +65,10 @@ impl fmt::Display for CloseReason {
             Self::Shutdown => f.write_str("shutdown"),
             Self::Local(why) => write!(f, "closed locally: {why}"),
             Self::Io(kind) => write!(f, "I/O error: {kind}"),
+            Self::SlowConsumer => f.write_str("slow consumer"),
+            Self::FirstFrameTimeout => f.write_str("no first frame before the deadline"),
+            Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::TooManyConnections => f.write_str("too many connections"),
             Self::HandlerPanic(msg) => write!(f, "handler panicked: {msg}"),
         }
     }
@@ -120,7 +133,9 @@ impl Session {
     /// Queues one buffer.
     ///
     /// # Errors
-    /// [`Closed`] if the session has ended; the buffer is dropped.
+    /// [`Closed`] if the session has ended, or if queuing would take it above
+    /// [`Config::max_queued_bytes`](crate::Config::max_queued_bytes): the session is then
+    /// closed as a slow consumer. The buffer is dropped.
     #[inline]
     pub fn send(&self, buf: SendBuffer) -> Result<(), Closed> {
         let len = buf.len();
@@ -145,21 +160,27 @@ impl Session {
                 Ok(())
             }
             Push::Closed(()) => Err(Closed),
+            Push::Overflow => {
+                self.close_with(CloseReason::SlowConsumer);
+                Err(Closed)
+            }
+        }
+    }
+
+    fn close_with(&self, reason: CloseReason) {
+        if !self
+            .shared
+            .closing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.shared.worker.request_close(self, reason);
         }
     }
 
     /// Asks the owning worker to close this session. Frames already received but not yet
     /// delivered are dropped; queued sends are dropped. Idempotent.
     pub fn close(&self, reason: &'static str) {
-        if !self
-            .shared
-            .closing
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.shared
-                .worker
-                .request_close(self, CloseReason::Local(reason));
-        }
+        self.close_with(CloseReason::Local(reason));
     }
 
     /// True once a close was requested or performed.

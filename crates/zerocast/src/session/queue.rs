@@ -36,11 +36,14 @@ pub(crate) enum Push<T> {
     Schedule,
     /// The queue is closed; the item is handed back.
     Closed(T),
+    /// Queuing would exceed the byte limit; nothing was queued.
+    Overflow,
 }
 
 struct Inner<T> {
     items: VecDeque<T>,
-    /// Sum of `weight` over `items`.
+    /// Bytes pushed and not yet reported written with [`SendQueue::written`]: what is queued
+    /// plus what the drainer holds. Never above `limit`.
     bytes: usize,
     closed: bool,
 }
@@ -49,10 +52,17 @@ struct Inner<T> {
 pub(crate) struct SendQueue<T> {
     inner: Mutex<Inner<T>>,
     registered: AtomicBool,
+    limit: usize,
 }
 
 impl<T> SendQueue<T> {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Self::with_limit(usize::MAX)
+    }
+
+    /// A queue refusing pushes that would take its unwritten bytes above `limit`.
+    pub(crate) fn with_limit(limit: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -60,6 +70,7 @@ impl<T> SendQueue<T> {
                 closed: false,
             }),
             registered: AtomicBool::new(false),
+            limit,
         }
     }
 
@@ -70,6 +81,9 @@ impl<T> SendQueue<T> {
             let mut q = lock(&self.inner);
             if q.closed {
                 return Push::Closed(());
+            }
+            if q.bytes.saturating_add(weight) > self.limit {
+                return Push::Overflow;
             }
             q.items.extend(items);
             q.bytes += weight;
@@ -84,9 +98,8 @@ impl<T> SendQueue<T> {
         }
     }
 
-    /// Moves everything queued to the back of `batch`. Returns the byte weight taken.
-    /// Only the flag holder calls this.
-    pub(crate) fn take(&self, batch: &mut VecDeque<T>) -> usize {
+    /// Moves everything queued to the back of `batch`. Only the flag holder calls this.
+    pub(crate) fn take(&self, batch: &mut VecDeque<T>) {
         let mut q = lock(&self.inner);
         if batch.is_empty() {
             // O(1): both deques keep their capacity, so steady state allocates nothing.
@@ -94,7 +107,12 @@ impl<T> SendQueue<T> {
         } else {
             batch.extend(q.items.drain(..));
         }
-        std::mem::take(&mut q.bytes)
+    }
+
+    /// The drainer wrote `n` bytes: they no longer count against the limit.
+    pub(crate) fn written(&self, n: usize) {
+        let mut q = lock(&self.inner);
+        q.bytes = q.bytes.saturating_sub(n);
     }
 
     /// The drainer's batch is written. Clears the flag, then re-checks the queue. Returns true
@@ -138,7 +156,7 @@ impl<T> SendQueue<T> {
         std::mem::take(&mut q.items)
     }
 
-    /// Bytes queued and not yet taken by the drainer.
+    /// Bytes pushed and not yet written.
     pub(crate) fn queued_bytes(&self) -> usize {
         lock(&self.inner).bytes
     }
@@ -154,8 +172,11 @@ mod tests {
         assert_eq!(q.push([1], 1), Push::Schedule);
         assert_eq!(q.push([2, 3], 2), Push::Queued);
         let mut batch = VecDeque::new();
-        assert_eq!(q.take(&mut batch), 3);
+        q.take(&mut batch);
         assert_eq!(batch, [1, 2, 3]);
+        assert_eq!(q.queued_bytes(), 3, "taken but unwritten bytes still count");
+        q.written(3);
+        assert_eq!(q.queued_bytes(), 0);
         assert!(!q.finish());
         assert_eq!(q.push([4], 1), Push::Schedule);
     }
@@ -168,6 +189,16 @@ mod tests {
         q.take(&mut batch);
         assert_eq!(q.push([2], 1), Push::Queued);
         assert!(q.finish(), "drainer must continue with item 2");
+    }
+
+    #[test]
+    fn push_over_the_limit_is_refused_whole() {
+        let q = SendQueue::with_limit(10);
+        assert_eq!(q.push([1, 2], 8), Push::Schedule);
+        assert_eq!(q.push([3], 3), Push::Overflow);
+        assert_eq!(q.queued_bytes(), 8);
+        q.written(8);
+        assert_eq!(q.push([3], 3), Push::Queued);
     }
 
     #[test]

@@ -149,6 +149,21 @@ pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
     .map(drop)
 }
 
+/// Sets the kernel send buffer size (`SO_SNDBUF`; the kernel doubles it for bookkeeping and
+/// stops autotuning it).
+pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: passes a live c_int and its size.
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        (&v as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
 /// Pins the calling thread to one CPU.
 pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -12,6 +13,7 @@ use crate::buffer::SendBuffer;
 use crate::engine::EngineCtx;
 use crate::frame::{checked, Decoded, FrameError};
 use crate::handler::Frame;
+use crate::session::queue::SendQueue;
 use crate::session::{CloseReason, Session};
 use crate::sys::{self, IoVecs};
 
@@ -44,10 +46,17 @@ pub(super) struct Conn {
     /// or error, never stop at a short read, or the edge that announced it is lost.
     pub(super) hup: bool,
     eof: bool,
+    /// Accepted (not connected by us): deadlines apply.
+    pub(super) accepted: bool,
+    /// When the last complete frame arrived (or the session opened, before the first).
+    pub(super) last_frame: Instant,
+    pub(super) got_frame: bool,
+    /// Since when the session's queued bytes exceed the soft limit.
+    pub(super) over_soft_since: Option<Instant>,
 }
 
 impl Conn {
-    pub(super) fn new(fd: OwnedFd, session: Session) -> Self {
+    pub(super) fn new(fd: OwnedFd, session: Session, accepted: bool, now: Instant) -> Self {
         Self {
             fd,
             session,
@@ -58,6 +67,10 @@ impl Conn {
             draining: false,
             hup: false,
             eof: false,
+            accepted,
+            last_frame: now,
+            got_frame: false,
+            over_soft_since: None,
         }
     }
 
@@ -109,7 +122,11 @@ impl Worker {
 
     fn read_once(&mut self, token: u64) -> Result<Read, CloseReason> {
         let Self {
-            conns, recv, ctx, ..
+            conns,
+            recv,
+            ctx,
+            now,
+            ..
         } = self;
         let Some(conn) = conns.get_mut(token) else {
             return Ok(Read::Done);
@@ -146,10 +163,14 @@ impl Worker {
             return Ok(Read::Eof);
         }
         ctx.metrics.bytes_in.add(n as i64);
-        if data.is_empty() {
-            deliver_pending(ctx, conn)?;
+        let delivered = if data.is_empty() {
+            deliver_pending(ctx, conn)?
         } else {
-            deliver_chunk(ctx, conn, &data)?;
+            deliver_chunk(ctx, conn, &data)?
+        };
+        if delivered > 0 {
+            conn.got_frame = true;
+            conn.last_frame = *now;
         }
         // A short read drained the socket: new data raises a new edge. Not so for an end of
         // stream that arrived with the data (see `hup`).
@@ -210,7 +231,14 @@ impl Worker {
                     };
                 }
             }
-            match write_batch(&conn.fd, &mut conn.batch, &mut conn.head_written, iov, ctx) {
+            match write_batch(
+                queue,
+                &conn.fd,
+                &mut conn.batch,
+                &mut conn.head_written,
+                iov,
+                ctx,
+            ) {
                 Ok(true) => continue,
                 Ok(false) => break Ok(()), // socket full: wait for EPOLLOUT, keep the flag
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -226,6 +254,7 @@ impl Worker {
 /// One gathered write of the batch. Returns true if everything offered was written (the caller
 /// may write more), false if the socket is full.
 fn write_batch(
+    queue: &SendQueue<SendBuffer>,
     fd: &OwnedFd,
     batch: &mut VecDeque<SendBuffer>,
     head_written: &mut usize,
@@ -281,6 +310,7 @@ fn write_batch(
     if written > 0 {
         m.writes.add(1);
         m.bytes_out.add(written as i64);
+        queue.written(written);
     }
     m.frames_out.add(done);
     // A short write means the socket buffer is full; the kernel then flags the socket so that
@@ -295,15 +325,17 @@ fn write_batch(
 /// Delivers the frames in `data`, freshly read into the shared chunk. A trailing incomplete
 /// frame is copied into the session's `pending` buffer (the only copy on the receive path,
 /// bounded by one frame).
-fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<(), CloseReason> {
+fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<usize, CloseReason> {
     let mut off = 0;
+    let mut delivered = 0;
     while off < data.len() {
         if conn.session.is_closing() {
-            return Ok(());
+            break;
         }
         match next_frame(ctx, &data[off..])? {
             Decoded::Frame { len, header, id } => {
                 deliver(ctx, &conn.session, id, data, off..off + len, header)?;
+                delivered += 1;
                 off += len;
             }
             Decoded::NeedMore { total } => {
@@ -313,36 +345,38 @@ fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<(), C
                 pending.put_slice(tail);
                 conn.pending = pending;
                 conn.pending_total = total;
-                return Ok(());
+                break;
             }
         }
     }
-    Ok(())
+    Ok(delivered)
 }
 
 /// Capacity reserved up front for a frame split across reads; larger frames grow as they come.
 const MAX_PENDING_HINT: usize = 64 * 1024;
 
 /// Delivers the frames completed in `pending`, each split off as its own shared view.
-fn deliver_pending(ctx: &EngineCtx, conn: &mut Conn) -> Result<(), CloseReason> {
+fn deliver_pending(ctx: &EngineCtx, conn: &mut Conn) -> Result<usize, CloseReason> {
+    let mut delivered = 0;
     while !conn.pending.is_empty() {
         if conn.session.is_closing() {
-            return Ok(());
+            return Ok(delivered);
         }
         match next_frame(ctx, &conn.pending)? {
             Decoded::Frame { len, header, id } => {
                 let data = conn.pending.split_to(len).freeze();
                 deliver(ctx, &conn.session, id, &data, 0..len, header)?;
+                delivered += 1;
             }
             Decoded::NeedMore { total } => {
                 conn.pending_total = total;
-                return Ok(());
+                return Ok(delivered);
             }
         }
     }
     // Nothing split any more: give the memory back so an idle session holds none.
     conn.pending = BytesMut::new();
-    Ok(())
+    Ok(delivered)
 }
 
 fn next_frame(ctx: &EngineCtx, buf: &[u8]) -> Result<Decoded, CloseReason> {

@@ -43,6 +43,11 @@ pub(crate) struct Worker {
     commands: Vec<Command>,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    /// The time at the start of this turn (a coarse clock: one read per turn).
+    now: Instant,
+    last_housekeeping: Instant,
+    /// Scratch list of sessions the housekeeping scan closes.
+    expired: Vec<(u64, CloseReason)>,
     exit: bool,
 }
 
@@ -64,6 +69,9 @@ impl Worker {
             commands: Vec::new(),
             accept_paused_until: None,
             last_accept_warning: None,
+            now: Instant::now(),
+            last_housekeeping: Instant::now(),
+            expired: Vec::new(),
             exit: false,
         })
     }
@@ -82,6 +90,7 @@ impl Worker {
                 tracing::error!(worker = self.shared.index, error = %e, "epoll_wait failed");
                 std::thread::sleep(TICK);
             }
+            self.now = Instant::now();
             for ev in &events {
                 let (token, bits) = (ev.u64, ev.events);
                 self.dispatch(token, bits);
@@ -93,6 +102,10 @@ impl Worker {
             }
             self.run_commands();
             self.retry_accept();
+            if self.now.duration_since(self.last_housekeeping) >= TICK {
+                self.last_housekeeping = self.now;
+                self.housekeeping();
+            }
             buffer::reclaim_thread_pool();
         }
         for token in self.conns.tokens() {
@@ -158,7 +171,7 @@ impl Worker {
                     Err(e) => tracing::error!(error = %e, "cannot watch listener"),
                 }
             }
-            Command::Register(fd, session) => self.register(fd, session),
+            Command::Register(fd, session) => self.register(fd, session, false),
             Command::Flush(session) => {
                 if let Some(token) = self.token_of(&session) {
                     self.flush(token);
@@ -201,8 +214,14 @@ impl Worker {
                         tracing::debug!(error = %e, "TCP_NODELAY failed");
                     }
                     self.ctx.metrics.accepted.add(1);
+                    if !self.ctx.admit() {
+                        self.ctx.metrics.rejected.add(1);
+                        tracing::debug!(%peer, reason = %CloseReason::TooManyConnections, "connection refused");
+                        drop(sock);
+                        continue;
+                    }
                     let session = self.ctx.new_session(peer, &self.shared);
-                    self.register(sock, session);
+                    self.register(sock, session, true);
                 }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
@@ -242,14 +261,23 @@ impl Worker {
         }
     }
 
-    fn register(&mut self, fd: OwnedFd, session: Session) {
+    fn register(&mut self, fd: OwnedFd, session: Session, accepted: bool) {
         let raw = fd.as_raw_fd();
+        if let Some(bytes) = self.ctx.config.send_buffer {
+            if let Err(e) = sys::set_send_buffer(raw, bytes) {
+                tracing::debug!(error = %e, "SO_SNDBUF failed");
+            }
+        }
+        let now = self.now;
         let token = self.conns.insert_with(|token| {
             session.shared.token.store(token, Ordering::Relaxed);
-            Conn::new(fd, session.clone())
+            Conn::new(fd, session.clone(), accepted, now)
         });
         if let Err(e) = self.epoll.add(raw, sys::epoll::CONN, token) {
             tracing::warn!(error = %e, "cannot watch connection");
+            if accepted {
+                self.ctx.release();
+            }
             self.conns.remove(token);
             session.shared.closing.store(true, Ordering::Release);
             drop(session.shared.queue.close());
@@ -270,6 +298,9 @@ impl Worker {
         let Some(conn) = self.conns.remove(token) else {
             return;
         };
+        if conn.accepted {
+            self.ctx.release();
+        }
         let session = conn.close();
         let m = &self.ctx.metrics;
         m.connections_open.add(-1);
@@ -278,6 +309,14 @@ impl Worker {
             CloseReason::Protocol(_) => {
                 m.protocol_errors.add(1);
                 tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
+            }
+            CloseReason::SlowConsumer => {
+                m.slow_consumers.add(1);
+                tracing::info!(session = %session.id(), %reason, "session closed");
+            }
+            CloseReason::FirstFrameTimeout | CloseReason::IdleTimeout => {
+                m.timeouts.add(1);
+                tracing::debug!(session = %session.id(), %reason, "session closed");
             }
             CloseReason::Io(_) | CloseReason::HandlerPanic(_) => {
                 tracing::info!(session = %session.id(), %reason, "session closed")
@@ -293,5 +332,42 @@ impl Worker {
             tracing::error!(session = %session.id(), "handler panicked in on_disconnect");
         }
         self.ctx.registry.remove(session.id());
+    }
+
+    /// Closes sessions past their deadlines and slow consumers past their grace period.
+    /// Runs at most every [`TICK`]; O(sessions of this worker).
+    fn housekeeping(&mut self) {
+        let cfg = &self.ctx.config;
+        let now = self.now;
+        let mut expired = std::mem::take(&mut self.expired);
+        for (token, conn) in self.conns.iter_mut() {
+            if conn.accepted {
+                let silent = now.duration_since(conn.last_frame);
+                let deadline = if conn.got_frame {
+                    cfg.idle_timeout.map(|t| (t, CloseReason::IdleTimeout))
+                } else {
+                    cfg.first_frame_timeout
+                        .map(|t| (t, CloseReason::FirstFrameTimeout))
+                };
+                if let Some((limit, reason)) = deadline {
+                    if silent >= limit {
+                        expired.push((token, reason));
+                        continue;
+                    }
+                }
+            }
+            if conn.session.queued_bytes() > cfg.soft_queued_bytes {
+                let since = *conn.over_soft_since.get_or_insert(now);
+                if now.duration_since(since) >= cfg.slow_consumer_grace {
+                    expired.push((token, CloseReason::SlowConsumer));
+                }
+            } else {
+                conn.over_soft_since = None;
+            }
+        }
+        for (token, reason) in expired.drain(..) {
+            self.close(token, reason);
+        }
+        self.expired = expired;
     }
 }

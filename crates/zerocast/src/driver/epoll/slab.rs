@@ -64,6 +64,14 @@ impl<T> Slab<T> {
         slot.value.take()
     }
 
+    /// Every live value with its token.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
+            let token = (u64::from(s.generation) << 32) | i as u64;
+            s.value.as_mut().map(|v| (token, v))
+        })
+    }
+
     /// Every live token.
     pub(super) fn tokens(&self) -> Vec<u64> {
         self.slots
