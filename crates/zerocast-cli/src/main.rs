@@ -54,6 +54,9 @@ struct ServerArgs {
     /// Print the counters to stderr every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
+    /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    drain: f64,
 }
 
 impl ServerArgs {
@@ -123,7 +126,7 @@ fn serve(engine: Engine, args: &ServerArgs) -> anyhow::Result<()> {
         let signal = signals.forever().next();
         handle.close();
         tracing::info!(?signal, "shutting down");
-        engine.shutdown();
+        engine.shutdown_graceful(Duration::from_secs_f64(args.drain.max(0.0)));
     });
     eprintln!("final {}", engine.metrics());
     Ok(())

@@ -337,14 +337,25 @@ impl Engine {
         self.ctx.metrics.snapshot()
     }
 
-    /// Closes every session and listener and joins the workers. Idempotent.
+    /// Closes every session and listener at once and joins the workers. Idempotent.
     pub fn shutdown(&self) {
+        self.stop(None);
+    }
+
+    /// Graceful shutdown: stops accepting and reading at once, keeps writing what is queued
+    /// until every session is flushed or `drain` has passed, then closes every session with
+    /// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown) and joins the workers.
+    pub fn shutdown_graceful(&self, drain: Duration) {
+        self.stop(Some(std::time::Instant::now() + drain));
+    }
+
+    fn stop(&self, deadline: Option<std::time::Instant>) {
         let threads = std::mem::take(&mut *lock(&self.threads));
         if threads.is_empty() {
             return;
         }
         for w in &self.workers {
-            w.post(Command::Shutdown);
+            w.post(Command::Shutdown(deadline));
         }
         for t in threads {
             if t.join().is_err() {

@@ -214,3 +214,59 @@ fn slow_consumer_over_the_soft_limit_is_closed_after_grace() {
         .queued_bytes_limits(64 * 1024, usize::MAX, grace);
     slow_consumer_run(b, grace);
 }
+
+#[test]
+fn graceful_shutdown_flushes_queues_then_closes_at_the_deadline() {
+    let _g = serial();
+    const DRAIN: Duration = Duration::from_millis(1500);
+    let reasons = Arc::new(Reasons::default());
+    let builder = Engine::builder().workers(1).send_buffer(32 * 1024);
+    let (engine, addr) = server_with(builder, reasons.clone());
+    let mut wire = Vec::new();
+    for i in 0..64u16 {
+        wire.extend_from_slice(&frame(i, &[i as u8; 30_000]));
+    }
+    // Both clients send ~2 MB and read nothing yet: their replies pile up in the server.
+    let mut reader = stalled(addr);
+    let mut stuck = stalled(addr);
+    reader.write_all(&wire).unwrap();
+    stuck.write_all(&wire).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        engine.metrics().frames_in == 128
+    }));
+    let started = Instant::now();
+    let engine = Arc::new(engine);
+    let stopper = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.shutdown_graceful(DRAIN))
+    };
+    // The reader now drains its replies: all of them arrive, then end of stream.
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+    assert!(
+        got == wire,
+        "every queued reply is written before the close"
+    );
+    let flushed_in = started.elapsed();
+    assert!(
+        flushed_in < DRAIN,
+        "the flushed session closes early: {flushed_in:?}"
+    );
+    stopper.join().unwrap();
+    let stopped_in = started.elapsed();
+    assert!(
+        stopped_in >= DRAIN && stopped_in < DRAIN + Duration::from_secs(1),
+        "the stuck session holds shutdown until the deadline only: {stopped_in:?}"
+    );
+    let r = reasons.0.lock().unwrap().clone();
+    assert_eq!(r.len(), 2);
+    assert!(
+        r.iter().all(|(reason, _)| *reason == CloseReason::Shutdown),
+        "{r:?}"
+    );
+    drop(stuck);
+    assert_no_leaks(&engine);
+}

@@ -38,8 +38,9 @@ pub(crate) enum Command {
     Flush(Session),
     /// Close the session.
     Close(Session, CloseReason),
-    /// Close everything and stop.
-    Shutdown,
+    /// Stop accepting; flush every session's queue until the deadline (none: close at once),
+    /// then close everything and stop.
+    Shutdown(Option<std::time::Instant>),
 }
 
 struct Inbox {
@@ -170,6 +171,6 @@ fn resolve_offline(cmd: Command) {
             session.shared.closing.store(true, Ordering::Release);
             drop(session.shared.queue.close());
         }
-        Command::Listen(_) | Command::Shutdown => {}
+        Command::Listen(_) | Command::Shutdown(_) => {}
     }
 }

@@ -45,7 +45,10 @@ pub(super) struct Conn {
     /// The peer half-closed, hung up or errored (RDHUP, HUP, ERR): read until end of stream
     /// or error, never stop at a short read, or the edge that announced it is lost.
     pub(super) hup: bool,
-    eof: bool,
+    /// No more reading: the peer half-closed, or the engine is draining for shutdown.
+    pub(super) eof: bool,
+    /// Set with `eof`: the session closes with this reason once its queue is flushed.
+    pub(super) after_flush: Option<CloseReason>,
     /// Accepted (not connected by us): deadlines apply.
     pub(super) accepted: bool,
     /// When the last complete frame arrived (or the session opened, before the first).
@@ -67,6 +70,7 @@ impl Conn {
             draining: false,
             hup: false,
             eof: false,
+            after_flush: None,
             accepted,
             last_frame: now,
             got_frame: false,
@@ -184,10 +188,17 @@ impl Worker {
     /// The peer closed its side. Replies already queued are still written; the session closes
     /// once its queue is flushed.
     fn on_eof(&mut self, token: u64) {
+        self.close_after_flush(token, CloseReason::PeerClosed);
+    }
+
+    /// Stops reading from the session and closes it with `reason` once everything queued on it
+    /// has been written.
+    pub(super) fn close_after_flush(&mut self, token: u64, reason: CloseReason) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
         conn.eof = true;
+        conn.after_flush.get_or_insert(reason);
         conn.pending = BytesMut::new();
         if conn.draining {
             return; // the flush in progress closes the session when done
@@ -224,10 +235,9 @@ impl Worker {
                         // life (the queue's deque is swapped for this one on the next take).
                         conn.batch = VecDeque::new();
                     }
-                    break if conn.eof {
-                        Err(CloseReason::PeerClosed)
-                    } else {
-                        Ok(())
+                    break match conn.after_flush.take() {
+                        Some(reason) => Err(reason),
+                        None => Ok(()),
                     };
                 }
             }

@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     last_housekeeping: Instant,
     /// Scratch list of sessions the housekeeping scan closes.
     expired: Vec<(u64, CloseReason)>,
+    /// Set by a shutdown command: sessions still open then are closed.
+    shutdown_at: Option<Instant>,
     exit: bool,
 }
 
@@ -72,6 +74,7 @@ impl Worker {
             now: Instant::now(),
             last_housekeeping: Instant::now(),
             expired: Vec::new(),
+            shutdown_at: None,
             exit: false,
         })
     }
@@ -105,6 +108,14 @@ impl Worker {
             if self.now.duration_since(self.last_housekeeping) >= TICK {
                 self.last_housekeeping = self.now;
                 self.housekeeping();
+            }
+            if let Some(at) = self.shutdown_at {
+                if self.conns.is_empty() || self.now >= at {
+                    for token in self.conns.tokens() {
+                        self.close(token, CloseReason::Shutdown);
+                    }
+                    self.exit = true;
+                }
             }
             buffer::reclaim_thread_pool();
         }
@@ -171,7 +182,14 @@ impl Worker {
                     Err(e) => tracing::error!(error = %e, "cannot watch listener"),
                 }
             }
-            Command::Register(fd, session) => self.register(fd, session, false),
+            Command::Register(fd, session) => {
+                if self.shutdown_at.is_some() {
+                    session.shared.closing.store(true, Ordering::Release);
+                    drop((fd, session.shared.queue.close()));
+                } else {
+                    self.register(fd, session, false);
+                }
+            }
             Command::Flush(session) => {
                 if let Some(token) = self.token_of(&session) {
                     self.flush(token);
@@ -182,12 +200,14 @@ impl Worker {
                     self.close(token, reason);
                 }
             }
-            Command::Shutdown => {
+            Command::Shutdown(deadline) => {
                 self.listeners.clear();
-                for token in self.conns.tokens() {
-                    self.close(token, CloseReason::Shutdown);
+                self.shutdown_at = Some(deadline.unwrap_or(self.now));
+                if deadline.is_some() {
+                    for token in self.conns.tokens() {
+                        self.close_after_flush(token, CloseReason::Shutdown);
+                    }
                 }
-                self.exit = true;
             }
         }
     }

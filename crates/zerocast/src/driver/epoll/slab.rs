@@ -15,6 +15,7 @@ struct Slot<T> {
 pub(super) struct Slab<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
+    len: usize,
 }
 
 impl<T> Slab<T> {
@@ -22,6 +23,7 @@ impl<T> Slab<T> {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
+            len: 0,
         }
     }
 
@@ -41,6 +43,7 @@ impl<T> Slab<T> {
         let token = (u64::from(slot.generation) << 32) | u64::from(index);
         debug_assert!(token < RESERVED);
         slot.value = Some(f(token));
+        self.len += 1;
         token
     }
 
@@ -61,7 +64,12 @@ impl<T> Slab<T> {
         // Skip generations that would put the token in the reserved range.
         slot.generation = (slot.generation + 1) % (u32::MAX - 1);
         self.free.push(i as u32);
+        self.len -= 1;
         slot.value.take()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Every live value with its token.
