@@ -124,3 +124,87 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
 }
+
+/// CPU ticks (user + system) used by a process so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_backs_off_and_recovers() {
+    // The server gets 64 descriptors; 120 clients overflow it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} echo --listen 127.0.0.1:0 --workers 1",
+            env!("CARGO_BIN_EXE_zerocast")
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let clients: Vec<_> = (0..120)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // At the limit: accepting must not spin.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    assert!(
+        used <= 10,
+        "{used} ticks in 2 s at the descriptor limit (5 % is 10)"
+    );
+    // Descriptors free up: accepting resumes within a second.
+    drop(clients);
+    let freed = Instant::now();
+    let mut s = loop {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(&[5, 0, 1, 0, b'!']).unwrap();
+        let mut back = [0u8; 5];
+        if s.read_exact(&mut back).is_ok() {
+            break s;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(3),
+            "accepting did not resume"
+        );
+    };
+    assert!(
+        freed.elapsed() < Duration::from_secs(1),
+        "resumed in {:?}",
+        freed.elapsed()
+    );
+    s.write_all(&[5, 0, 1, 0, b'?']).unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    libc_signal::send(child.id(), libc_signal::Signal::Term);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let warnings = log.matches("out of descriptors").count();
+    assert!(
+        (1..=4).contains(&warnings),
+        "EMFILE logged at a limited rate: {warnings} warnings in ~3 s"
+    );
+}

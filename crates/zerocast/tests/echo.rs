@@ -174,3 +174,47 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     drop(s);
     assert_no_leaks(&engine);
 }
+
+#[test]
+fn half_close_and_reset_mid_frame_leave_no_close_wait_and_no_spinning_worker() {
+    let _g = serial();
+    let (engine, addr) = server(Echo, 2);
+    let partial = &frame(1, &[3u8; 1000])[..300];
+    let mut half_closed = Vec::new();
+    for i in 0..150 {
+        let mut s = connect(addr);
+        s.write_all(partial).unwrap();
+        match i % 3 {
+            // Half-close mid-frame: the server sees end of stream and closes its side.
+            0 => {
+                s.shutdown(Shutdown::Write).unwrap();
+                half_closed.push(s);
+            }
+            // Reset mid-frame.
+            1 => {
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            // Vanish: a plain close, as when the peer process dies.
+            _ => {}
+        }
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        engine.metrics().connections_open == 0
+    }));
+    assert_eq!(close_wait_on_port(addr.port()), 0, "no CLOSE_WAIT left");
+    for s in &mut half_closed {
+        assert!(closed_by_peer(s), "the server closed its side");
+    }
+    // Nothing to do now: the workers must be asleep, not spinning on dead sockets.
+    let before = cpu_ticks("self");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks("self") - before;
+    assert!(
+        used <= 5,
+        "{used} ticks of CPU in an idle second: a worker spins"
+    );
+    drop(half_closed);
+    assert_no_leaks(&engine);
+}

@@ -106,3 +106,37 @@ pub fn write_in_random_splits(s: &mut impl Write, data: &[u8], rng: &mut impl ra
         off += n;
     }
 }
+
+/// Sockets on local `port` in state CLOSE_WAIT (the peer closed, we did not), from
+/// /proc/net/tcp and tcp6.
+pub fn close_wait_on_port(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && *state == "08" {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// CPU time (user + system) this process has used, from /proc/self/stat, in clock ticks.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
