@@ -154,6 +154,50 @@ pub(crate) fn checked(decoded: Decoded, available: usize) -> Result<Decoded, Fra
     }
 }
 
+/// Fuzzing entry point (used by `fuzz/` and by the corpus replay test): the first two bytes
+/// pick `max_frame`, the rest is a byte stream. Decodes it frame by frame and checks every
+/// invariant the engine relies on; panics only if one breaks. Never panics on any input
+/// otherwise.
+#[doc(hidden)]
+pub fn fuzz_stream(data: &[u8]) {
+    let Some((limit, mut stream)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let decoder = LengthPrefixed::new(usize::from(u16::from_le_bytes(*limit)));
+    while !stream.is_empty() {
+        let decoded = decoder.decode(stream);
+        match decoded.and_then(|d| checked(d, stream.len())) {
+            Ok(Decoded::Frame { len, header, id }) => {
+                let parsed = Header::parse(stream).expect("a frame has a header");
+                assert_eq!(usize::from(parsed.size), len);
+                assert_eq!(parsed.id, id);
+                assert_eq!(header, HEADER_LEN);
+                assert!(len <= decoder.max_frame());
+                assert_eq!(
+                    Header::for_payload(id, len - HEADER_LEN).map(Header::to_bytes),
+                    Some(stream[..HEADER_LEN].try_into().expect("4 bytes"))
+                );
+                stream = &stream[len..];
+            }
+            Ok(Decoded::NeedMore { total }) => {
+                assert!(total > stream.len() && total <= decoder.max_frame().max(HEADER_LEN));
+                return;
+            }
+            Err(FrameError::TooShort { size }) => {
+                assert!(size < HEADER_LEN);
+                return;
+            }
+            Err(FrameError::TooLong { size, max }) => {
+                assert!(size > max && max == decoder.max_frame());
+                return;
+            }
+            Err(FrameError::Invalid(why)) => {
+                panic!("the default decoder broke its contract: {why}")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +261,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512),
                                        max in 0usize..70000) {
             let _ = frames(&LengthPrefixed::new(max), &bytes);
+            fuzz_stream(&bytes);
         }
 
         #[test]
