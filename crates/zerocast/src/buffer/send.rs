@@ -2,7 +2,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::pool;
+use std::panic::Location;
+
+use super::{leaks, pool};
 use crate::frame::Header;
 use crate::metrics::LIVE_SEND_BUFFERS;
 
@@ -28,19 +30,31 @@ pub struct SendBuffer {
 impl SendBuffer {
     /// Wraps bytes without copying them.
     #[inline]
+    #[track_caller]
     pub fn from_bytes(bytes: Bytes) -> Self {
+        Self::new(bytes, false)
+    }
+
+    #[inline]
+    #[track_caller]
+    fn new(bytes: Bytes, clone: bool) -> Self {
         LIVE_SEND_BUFFERS.add(1);
+        if leaks::enabled() {
+            leaks::created(key(&bytes), Location::caller(), clone);
+        }
         Self { bytes }
     }
 
     /// Builds a buffer by letting `write` append at most `capacity` bytes to an empty
     /// [`BytesMut`]. Within the pooled size the memory comes from this thread's chunk; writing
     /// more than `capacity` still works but leaves the pool (one allocation).
+    #[track_caller]
     pub fn build(capacity: usize, write: impl FnOnce(&mut BytesMut)) -> Self {
         Self::from_bytes(pool::carve(capacity, write))
     }
 
     /// Copies `data` into a pooled buffer.
+    #[track_caller]
     pub fn copy_from_slice(data: &[u8]) -> Self {
         Self::build(data.len(), |b| b.put_slice(data))
     }
@@ -50,6 +64,7 @@ impl SendBuffer {
     /// # Panics
     /// If the frame would exceed 65,535 bytes (the 16-bit size field): a programming error on the
     /// sending side, never triggered by network input.
+    #[track_caller]
     pub fn frame(id: u16, payload: &[u8]) -> Self {
         let header = Header::for_payload(id, payload.len())
             .expect("frame payload exceeds the 16-bit size field");
@@ -80,8 +95,9 @@ impl SendBuffer {
 
 impl Clone for SendBuffer {
     #[inline]
+    #[track_caller]
     fn clone(&self) -> Self {
-        Self::from_bytes(self.bytes.clone())
+        Self::new(self.bytes.clone(), true)
     }
 }
 
@@ -89,10 +105,18 @@ impl Drop for SendBuffer {
     #[inline]
     fn drop(&mut self) {
         LIVE_SEND_BUFFERS.add(-1);
+        if leaks::enabled() {
+            leaks::dropped(key(&self.bytes));
+        }
     }
 }
 
+fn key(bytes: &Bytes) -> (usize, usize) {
+    (bytes.as_ptr() as usize, bytes.len())
+}
+
 impl From<Bytes> for SendBuffer {
+    #[track_caller]
     fn from(bytes: Bytes) -> Self {
         Self::from_bytes(bytes)
     }
@@ -120,6 +144,24 @@ mod tests {
     fn frame_encodes_header_and_payload() {
         let b = SendBuffer::frame(7, b"hi");
         assert_eq!(&b[..], &[6, 0, 7, 0, b'h', b'i']);
+    }
+
+    #[test]
+    fn leak_tracking_names_the_origin_of_live_buffers() {
+        super::leaks::track_leaks(true);
+        let kept = SendBuffer::copy_from_slice(b"forgotten somewhere");
+        let line = line!() - 1;
+        let copies = vec![kept.clone(), kept.clone()];
+        let origins = super::leaks::live_buffer_origins();
+        let here = format!("{}:{line}", file!());
+        let hit = origins.iter().find(|(o, _)| o.starts_with(&here));
+        assert_eq!(hit.map(|h| h.1), Some(3), "{origins:?}");
+        drop((kept, copies));
+        let origins = super::leaks::live_buffer_origins();
+        assert!(
+            origins.iter().all(|(o, _)| !o.starts_with(&here)),
+            "{origins:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub fn server(handler: impl Handler, workers: usize) -> (Engine, SocketAddr) {
 }
 
 pub fn server_with(builder: zerocast::Builder, handler: impl Handler) -> (Engine, SocketAddr) {
+    // Every integration test tracks where live buffers come from, so a leak names its origin.
+    zerocast::buffer::track_leaks(true);
     let engine = builder.build(handler).expect("engine starts");
     let addr = engine
         .listen("127.0.0.1:0".parse().unwrap())
@@ -89,7 +91,11 @@ pub fn assert_no_leaks(engine: &Engine) {
         m.connections_open == 0 && m.live_send_buffers == 0 && m.chunks_in_use == 0
     });
     let m = engine.metrics();
-    assert!(ok, "leak: {m}");
+    assert!(
+        ok,
+        "leak: {m}\nlive buffers by origin: {:#?}",
+        zerocast::buffer::live_buffer_origins()
+    );
 }
 
 /// Writes `data` in random pieces: single bytes, small pieces and large multi-frame runs.

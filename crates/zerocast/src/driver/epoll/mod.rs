@@ -321,10 +321,11 @@ impl Worker {
         if conn.accepted {
             self.ctx.release();
         }
-        let session = conn.close();
+        // Order matters to observers: the reason is counted before the socket closes (a peer
+        // that sees the close sees it counted), `connections_open` drops after (whoever sees
+        // zero open sessions sees every socket closed).
         let m = &self.ctx.metrics;
-        m.connections_open.add(-1);
-        m.closed.add(1);
+        let session = &conn.session;
         match &reason {
             CloseReason::Protocol(_) => {
                 m.protocol_errors.add(1);
@@ -343,6 +344,9 @@ impl Worker {
             }
             _ => tracing::debug!(session = %session.id(), %reason, "session closed"),
         }
+        let session = conn.close();
+        m.connections_open.add(-1);
+        m.closed.add(1);
         let handler = &self.ctx.handler;
         if catch_unwind(AssertUnwindSafe(|| {
             handler.on_disconnect(&session, &reason)
