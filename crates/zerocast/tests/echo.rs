@@ -221,3 +221,66 @@ fn half_close_and_reset_mid_frame_leave_no_close_wait_and_no_spinning_worker() {
     drop(half_closed);
     assert_no_leaks(&engine);
 }
+
+/// A framing whose 32-bit length a peer controls: a 4 GB claim must cost nothing until the
+/// bytes arrive, and must never panic the worker.
+struct Len32;
+
+impl zerocast::frame::Decoder for Len32 {
+    fn decode(&self, buf: &[u8]) -> Result<zerocast::frame::Decoded, zerocast::frame::FrameError> {
+        use zerocast::frame::Decoded;
+        let Some(h) = buf.get(..4) else {
+            return Ok(Decoded::NeedMore { total: 4 });
+        };
+        let total = u32::from_le_bytes(h.try_into().unwrap()) as usize;
+        if total < 4 {
+            return Err(zerocast::frame::FrameError::Invalid("short"));
+        }
+        Ok(if buf.len() >= total {
+            Decoded::Frame {
+                len: total,
+                header: 4,
+                id: 0,
+            }
+        } else {
+            Decoded::NeedMore { total }
+        })
+    }
+}
+
+#[test]
+fn huge_length_claim_from_a_custom_decoder_allocates_nothing_up_front() {
+    let _g = serial();
+    let (engine, addr) = server_with(zerocast::Engine::builder().workers(1).decoder(Len32), Echo);
+    let vm_size = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kib * 1024
+    };
+    let before = vm_size();
+    let mut liar = connect(addr);
+    liar.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    liar.write_all(&[0u8; 100]).unwrap();
+    // The rest comes in a later read, onto the incomplete frame's own buffer.
+    std::thread::sleep(Duration::from_millis(50));
+    liar.write_all(&[0u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut honest = connect(addr);
+    let f = [8u8, 0, 0, 0, b'o', b'k', b'!', b'!'];
+    honest.write_all(&f).unwrap();
+    let mut back = [0u8; 8];
+    std::io::Read::read_exact(&mut honest, &mut back).unwrap();
+    assert_eq!(back, f, "the worker is alive and serving");
+    // Both sessions are on the one worker, in order: the liar's bytes were read already.
+    let grew = vm_size().saturating_sub(before);
+    assert!(
+        grew < 1 << 30,
+        "a 4 GB claim reserved {grew} bytes of address space"
+    );
+    drop((liar, honest));
+    assert_no_leaks(&engine);
+}

@@ -151,7 +151,13 @@ impl Worker {
             (result, asked)
         } else {
             // A frame is split across reads: read its rest straight behind its start.
-            let need = conn.pending_total.saturating_sub(conn.pending.len()).max(1);
+            // Reserve at most one hint's worth per read: a decoder's `NeedMore` comes from
+            // peer-controlled bytes, and a huge claim must not become a huge allocation (or a
+            // capacity-overflow panic) before the bytes actually arrive.
+            let need = conn
+                .pending_total
+                .saturating_sub(conn.pending.len())
+                .clamp(1, MAX_PENDING_HINT);
             conn.pending.reserve(need);
             let asked = conn.pending.capacity() - conn.pending.len();
             let result = sys::recv(fd, &mut conn.pending, asked).map(|n| (n, Bytes::new()));
