@@ -135,33 +135,34 @@ pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, std::net::SocketAd
     Ok((fd, addr))
 }
 
-/// Turns Nagle's algorithm off: game traffic is small and latency-bound.
-pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
+/// Sets an integer socket option.
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a live c_int and its size.
     syscall!(setsockopt(
         fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        (&one as *const libc::c_int).cast(),
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
         std::mem::size_of::<libc::c_int>() as libc::socklen_t
     ))
     .map(drop)
 }
 
+/// Turns Nagle's algorithm off: game traffic is small and latency-bound.
+pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
 /// Sets the kernel send buffer size (`SO_SNDBUF`; the kernel doubles it for bookkeeping and
 /// stops autotuning it).
 pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: passes a live c_int and its size.
-    syscall!(setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUF,
-        (&v as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
 }
 
 /// Pins the calling thread to one CPU.
