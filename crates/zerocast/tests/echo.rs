@@ -142,10 +142,7 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     let _g = serial();
     let (engine, addr) = server(Echo, 1);
     // A tiny receive window on the client makes the server's writes short and then EAGAIN.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let mut s: std::net::TcpStream = sock.into();
+    let mut s = small_window(addr);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut wire = Vec::new();
     for i in 0..100u16 {

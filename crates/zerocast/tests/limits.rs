@@ -143,18 +143,10 @@ impl Handler for Everyone {
     }
 }
 
-/// A client socket with a tiny receive window that never reads.
-fn stalled(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    sock.into()
-}
-
 fn slow_consumer_run(builder: zerocast::Builder, grace: Duration) {
     let everyone = Arc::new(Everyone(Group::new(), Reasons::default()));
     let (engine, addr) = server_with(builder, everyone.clone());
-    let _stuck = stalled(addr);
+    let _stuck = small_window(addr);
     let mut healthy = connect(addr);
     assert!(wait_until(Duration::from_secs(5), || everyone.0.len() == 2));
     let payload = [7u8; 1000];
@@ -227,8 +219,8 @@ fn graceful_shutdown_flushes_queues_then_closes_at_the_deadline() {
         wire.extend_from_slice(&frame(i, &[i as u8; 30_000]));
     }
     // Both clients send ~2 MB and read nothing yet: their replies pile up in the server.
-    let mut reader = stalled(addr);
-    let mut stuck = stalled(addr);
+    let mut reader = small_window(addr);
+    let mut stuck = small_window(addr);
     reader.write_all(&wire).unwrap();
     stuck.write_all(&wire).unwrap();
     assert!(wait_until(Duration::from_secs(10), || {

@@ -168,8 +168,7 @@ impl WorkerShared {
 fn resolve_offline(cmd: Command) {
     match cmd {
         Command::Register(_, session) | Command::Flush(session) | Command::Close(session, _) => {
-            session.shared.closing.store(true, Ordering::Release);
-            drop(session.shared.queue.close());
+            session.shared.retire();
         }
         Command::Listen(_) | Command::Shutdown(_) => {}
     }

@@ -118,6 +118,16 @@ pub(crate) struct SessionShared {
     pub(crate) closing: AtomicBool,
 }
 
+impl SessionShared {
+    /// Marks the session closed and releases everything queued on it; later sends are refused.
+    /// Every path that ends a session goes through here.
+    pub(crate) fn retire(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        drop(self.queue.close());
+    }
+}
+
 impl Session {
     /// This session's id.
     #[inline]

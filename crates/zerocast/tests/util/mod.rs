@@ -146,3 +146,12 @@ pub fn cpu_ticks(pid: &str) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
+
+/// A client with a 4 KiB receive window: a reader the server cannot outrun, or, if the test
+/// never reads, a stalled one.
+pub fn small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.into()
+}

@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -84,9 +83,8 @@ impl Conn {
         let Self {
             fd, session, batch, ..
         } = self;
-        session.shared.closing.store(true, Ordering::Release);
+        session.shared.retire();
         drop(fd);
-        drop(session.shared.queue.close());
         drop(batch);
         session
     }

@@ -184,8 +184,8 @@ impl Worker {
             }
             Command::Register(fd, session) => {
                 if self.shutdown_at.is_some() {
-                    session.shared.closing.store(true, Ordering::Release);
-                    drop((fd, session.shared.queue.close()));
+                    drop(fd);
+                    session.shared.retire();
                 } else {
                     self.register(fd, session, false);
                 }
@@ -299,8 +299,7 @@ impl Worker {
                 self.ctx.release();
             }
             self.conns.remove(token);
-            session.shared.closing.store(true, Ordering::Release);
-            drop(session.shared.queue.close());
+            session.shared.retire();
             return;
         }
         let m = &self.ctx.metrics;
