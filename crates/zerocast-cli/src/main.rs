@@ -9,6 +9,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
 use zerocast::{frame::Raw, Builder, Engine};
 
+mod load;
+
 #[derive(Parser)]
 #[command(
     name = "zerocast",
@@ -35,6 +37,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Load generator: drives an echo or broadcast server and reports throughput and latency.
+    Load(load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 .max_frame(server.max_frame.min(BROADCAST_MAX_FRAME));
             (b.build(Broadcast::new())?, server)
         }
+        Command::Load(args) => return load::main(args),
     };
     serve(engine, args)
 }

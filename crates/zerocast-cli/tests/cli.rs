@@ -208,3 +208,87 @@ fn out_of_descriptors_backs_off_and_recovers() {
         "EMFILE logged at a limited rate: {warnings} warnings in ~3 s"
     );
 }
+
+fn load(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .arg("load")
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn load_splits_over_processes_and_merges_their_reports() {
+    let (server, addr) = start(&["echo", "--listen", "127.0.0.1:0", "--workers", "1"]);
+    let out = load(&[
+        "idle",
+        "--target",
+        &addr,
+        "-c",
+        "300",
+        "--processes",
+        "2",
+        "--ramp",
+        "2000",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["processes"], 2);
+    assert_eq!(r["connections"], 300);
+    assert_eq!(r["connected"], 300);
+    assert_eq!(r["corrupt"], 0);
+    assert_eq!(r["disconnects"], 0);
+    // Every connection's hello was answered.
+    assert!(r["received_total"].as_u64().unwrap() >= 300, "{r}");
+    assert!(
+        r.get("histogram").is_none(),
+        "merged reports carry no histogram"
+    );
+    stop(server, libc_signal::Signal::Term);
+}
+
+#[test]
+fn load_prints_a_readable_report_with_the_servers_figures() {
+    let (server, addr) = start(&["echo", "--listen", "127.0.0.1:0", "--workers", "1"]);
+    let pid = server.id().to_string();
+    let out = load(&[
+        "echo",
+        "--target",
+        &addr,
+        "-c",
+        "10",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.3",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in ["latency (us)", "window", "generator", "server        cpu"] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    stop(server, libc_signal::Signal::Term);
+}
+
+#[test]
+fn load_rejects_impossible_settings_with_a_reason() {
+    let out = load(&["echo", "--target", "127.0.0.1:9", "--size", "8"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--size must be at least 12"), "{err}");
+}

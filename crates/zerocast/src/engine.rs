@@ -61,6 +61,15 @@ pub struct Config {
     /// backlog sits in the kernel before the queued-bytes limits see it. Setting it bounds both
     /// the backlog and the kernel memory per connection.
     pub send_buffer: Option<usize>,
+    /// Call [`Handler::on_tick`](crate::Handler::on_tick) on every worker this often (a
+    /// timerfd per worker). Default `None`: no tick.
+    pub tick: Option<Duration>,
+    /// Workers never sleep: they poll their sockets (and check the tick's clock) in a loop.
+    /// Lowest latency and no wake-up cost (no timer interrupts, no wake-up IPIs from peers),
+    /// at the price of a fully busy core per worker even when idle; how much of that time is
+    /// real work shows in [`Snapshot::busy_ns`]. For dedicated, pinned cores (the load
+    /// generator uses it). Default `false`.
+    pub busy_poll: bool,
 }
 
 impl Default for Config {
@@ -80,6 +89,8 @@ impl Default for Config {
             soft_queued_bytes: 1024 * 1024,
             slow_consumer_grace: Duration::from_secs(5),
             send_buffer: None,
+            tick: None,
+            busy_poll: false,
         }
     }
 }
@@ -145,6 +156,19 @@ impl Builder {
     /// Kernel send buffer per socket; see [`Config::send_buffer`].
     pub fn send_buffer(mut self, bytes: usize) -> Self {
         self.config.send_buffer = Some(bytes);
+        self
+    }
+
+    /// Calls [`Handler::on_tick`](crate::Handler::on_tick) on every worker every `period`
+    /// (at least 1 µs); see [`Config::tick`].
+    pub fn tick(mut self, period: Duration) -> Self {
+        self.config.tick = Some(period.max(Duration::from_micros(1)));
+        self
+    }
+
+    /// Busy-poll mode; see [`Config::busy_poll`].
+    pub fn busy_poll(mut self, on: bool) -> Self {
+        self.config.busy_poll = on;
         self
     }
 
@@ -314,6 +338,10 @@ impl Engine {
     pub fn connect_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Session> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if let Some(ip) = source {
+            if ip.is_ipv4() {
+                use std::os::fd::AsRawFd;
+                sys::set_bind_address_no_port(socket.as_raw_fd())?;
+            }
             socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
         }
         socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;

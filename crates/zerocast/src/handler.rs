@@ -25,6 +25,15 @@ pub trait Handler: Send + Sync + 'static {
     fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
         let _ = (session, reason);
     }
+
+    /// Called on every worker (numbered from 0) every [`Config::tick`](crate::Config::tick),
+    /// when one is set, on the worker's own thread. Sends made here, like sends made in
+    /// `on_frame`, are written at the end of the worker's turn, gathered with everything else
+    /// queued on the same session: no cross-thread wake-up. A tick that comes due while the
+    /// worker is busy runs at the end of that turn; missed ticks are not replayed.
+    fn on_tick(&self, worker: usize) {
+        let _ = worker;
+    }
 }
 
 /// A complete frame, borrowed from the memory the socket was read into: parsing and delivery
@@ -96,5 +105,9 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
 
     fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
         (**self).on_disconnect(session, reason);
+    }
+
+    fn on_tick(&self, worker: usize) {
+        (**self).on_tick(worker);
     }
 }

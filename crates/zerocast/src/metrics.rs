@@ -90,6 +90,7 @@ pub struct Metrics {
     pub(crate) timeouts: Striped,
     pub(crate) slow_consumers: Striped,
     pub(crate) recv_chunks_allocated: Striped,
+    pub(crate) busy_ns: Striped,
 }
 
 /// A point-in-time copy of the counters.
@@ -126,6 +127,9 @@ pub struct Snapshot {
     pub slow_consumers: i64,
     /// Receive chunks allocated (the worker reuses its chunk when no frame view pins it).
     pub recv_chunks_allocated: i64,
+    /// Nanoseconds the workers spent in loop turns that had work (events, ticks or retries),
+    /// summed over workers: divided by wall time, the workers' utilisation.
+    pub busy_ns: i64,
     /// Process-wide: live [`SendBuffer`](crate::SendBuffer) handles.
     pub live_send_buffers: i64,
     /// Process-wide: pooled send chunks with bytes still lent out.
@@ -152,7 +156,8 @@ impl std::fmt::Display for Snapshot {
             "open={} accepted={} connected={} closed={} frames_in={} bytes_in={} frames_out={} \
              bytes_out={} writes={} writes_blocked={} msgs_per_write={:.2} protocol_errors={} \
              rejected={} timeouts={} slow_consumers={} \
-             live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={}",
+             live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={} \
+             busy_s={:.3}",
             self.connections_open,
             self.accepted,
             self.connected,
@@ -172,6 +177,7 @@ impl std::fmt::Display for Snapshot {
             self.chunks_in_use,
             self.chunks_allocated,
             self.recv_chunks_allocated,
+            self.busy_ns as f64 / 1e9,
         )
     }
 }
@@ -195,6 +201,7 @@ impl Metrics {
             timeouts: self.timeouts.get(),
             slow_consumers: self.slow_consumers.get(),
             recv_chunks_allocated: self.recv_chunks_allocated.get(),
+            busy_ns: self.busy_ns.get(),
             live_send_buffers: LIVE_SEND_BUFFERS.get(),
             chunks_in_use: CHUNKS_IN_USE.get(),
             chunks_allocated: CHUNKS_ALLOCATED.get(),

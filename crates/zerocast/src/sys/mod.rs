@@ -74,7 +74,7 @@ pub(crate) fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
     .map(drop)
 }
 
-/// Resets an eventfd counter (EAGAIN when it was already zero is fine).
+/// Resets an eventfd or timerfd counter (EAGAIN when it was already zero is fine).
 pub(crate) fn eventfd_drain(fd: &OwnedFd) {
     let mut value: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live local u64.
@@ -83,6 +83,32 @@ pub(crate) fn eventfd_drain(fd: &OwnedFd) {
         (&mut value as *mut u64).cast(),
         std::mem::size_of::<u64>()
     ));
+}
+
+/// A non-blocking, close-on-exec timer that expires every `period` (CLOCK_MONOTONIC).
+pub(crate) fn timerfd(period: std::time::Duration) -> io::Result<OwnedFd> {
+    let fd = syscall!(timerfd_create(
+        libc::CLOCK_MONOTONIC,
+        libc::TFD_NONBLOCK | libc::TFD_CLOEXEC
+    ))
+    .map(owned)?;
+    let period = libc::timespec {
+        tv_sec: period.as_secs() as libc::time_t,
+        // A zero `it_value` would disarm the timer: at least 1 ns.
+        tv_nsec: libc::c_long::from(period.subsec_nanos().max(u32::from(period.as_secs() == 0))),
+    };
+    let spec = libc::itimerspec {
+        it_interval: period,
+        it_value: period,
+    };
+    // SAFETY: passes a live itimerspec; the old value is not wanted (null is allowed).
+    syscall!(timerfd_settime(
+        fd.as_raw_fd(),
+        0,
+        &spec,
+        std::ptr::null_mut()
+    ))?;
+    Ok(fd)
 }
 
 /// Receives into the spare capacity of `buf`, at most `max` bytes, and extends `buf` by what
@@ -156,6 +182,14 @@ fn setsockopt_int(
 /// Turns Nagle's algorithm off: game traffic is small and latency-bound.
 pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Defers choosing the local port of a socket bound to an address with port 0 until
+/// `connect`, so the port only has to be unique for the whole 4-tuple: without it `bind`
+/// reserves a port per source address for any destination, and ports left in TIME_WAIT by
+/// earlier runs are not reused.
+pub(crate) fn set_bind_address_no_port(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
 }
 
 /// Sets the kernel send buffer size (`SO_SNDBUF`; the kernel doubles it for bookkeeping and

@@ -25,6 +25,9 @@ use crate::session::{CloseReason, Session};
 use crate::sys::{self, epoll::Epoll};
 
 const WAKER: u64 = u64::MAX;
+const TIMER: u64 = u64::MAX - 1;
+/// Listener `i` has token `LISTENERS - i`.
+const LISTENERS: u64 = u64::MAX - 2;
 const TICK: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE before it is retried.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -36,6 +39,11 @@ pub(crate) struct Worker {
     conns: Slab<Conn>,
     listeners: Vec<OwnedFd>,
     events: Vec<sys::epoll::Event>,
+    /// The handler's tick timer, when [`Config::tick`](crate::Config::tick) is set.
+    timer: Option<OwnedFd>,
+    tick_due: bool,
+    /// Busy-poll mode: when the next tick is due (no timer; the loop checks the clock).
+    next_tick: Option<Instant>,
     recv: RecvChunk,
     iov: sys::IoVecs,
     /// Sessions whose read budget ran out with data possibly left: read again next turn.
@@ -58,6 +66,15 @@ impl Worker {
         let epoll = Epoll::new()?;
         epoll.add(shared.waker().as_raw_fd(), sys::epoll::READ, WAKER)?;
         let recv = RecvChunk::new(ctx.config.recv_chunk);
+        let busy = ctx.config.busy_poll;
+        let timer = match ctx.config.tick {
+            Some(period) if !busy => Some(sys::timerfd(period)?),
+            _ => None,
+        };
+        let next_tick = ctx.config.tick.filter(|_| busy).map(|p| Instant::now() + p);
+        if let Some(t) = &timer {
+            epoll.add(t.as_raw_fd(), sys::epoll::READ, TIMER)?;
+        }
         Ok(Self {
             shared,
             ctx,
@@ -65,6 +82,9 @@ impl Worker {
             conns: Slab::new(),
             listeners: Vec::new(),
             events: Vec::with_capacity(1024),
+            timer,
+            tick_due: false,
+            next_tick,
             recv,
             iov: sys::IoVecs::new(),
             again: Vec::new(),
@@ -82,8 +102,9 @@ impl Worker {
     pub(crate) fn run(mut self) {
         self.shared.enter();
         let mut again = Vec::new();
+        let busy_poll = self.ctx.config.busy_poll;
         while !self.exit {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && !busy_poll {
                 TICK.as_millis() as i32
             } else {
                 0
@@ -94,6 +115,15 @@ impl Worker {
                 std::thread::sleep(TICK);
             }
             self.now = Instant::now();
+            if let Some(due) = self.next_tick {
+                if self.now >= due {
+                    self.tick_due = true;
+                    let period = self.ctx.config.tick.unwrap_or(TICK);
+                    // Missed ticks are not replayed.
+                    self.next_tick = Some((due + period).max(self.now));
+                }
+            }
+            let mut worked = !events.is_empty() || !self.again.is_empty();
             for ev in &events {
                 let (token, bits) = (ev.u64, ev.events);
                 self.dispatch(token, bits);
@@ -103,7 +133,10 @@ impl Worker {
             for token in again.drain(..) {
                 self.on_readable(token);
             }
-            self.run_commands();
+            if std::mem::take(&mut self.tick_due) {
+                self.tick();
+            }
+            worked |= self.run_commands();
             self.retry_accept();
             if self.now.duration_since(self.last_housekeeping) >= TICK {
                 self.last_housekeeping = self.now;
@@ -118,6 +151,10 @@ impl Worker {
                 }
             }
             buffer::reclaim_thread_pool();
+            if worked {
+                let busy = self.now.elapsed().as_nanos() as i64;
+                self.ctx.metrics.busy_ns.add(busy);
+            }
         }
         for token in self.conns.tokens() {
             self.close(token, CloseReason::Shutdown);
@@ -133,8 +170,15 @@ impl Worker {
             self.commands = cmds;
             return;
         }
+        if token == TIMER {
+            if let Some(t) = &self.timer {
+                sys::eventfd_drain(t);
+            }
+            self.tick_due = true;
+            return;
+        }
         if token >= RESERVED {
-            self.accept((WAKER - 1 - token) as usize);
+            self.accept((LISTENERS - token) as usize);
             return;
         }
         const READ: u32 =
@@ -154,15 +198,32 @@ impl Worker {
         }
     }
 
+    /// Runs the handler's tick. A panic is logged and the tick keeps running next time: it
+    /// belongs to no session that could be closed for it.
+    fn tick(&mut self) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        let handler = &self.ctx.handler;
+        let index = self.shared.index;
+        // AssertUnwindSafe: the engine's state is not touched by the handler.
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.on_tick(index))) {
+            tracing::error!(worker = index, reason = %CloseReason::from_panic(&*p), "on_tick panicked");
+        }
+    }
+
     /// Runs posted commands until none are left (handlers may post more while they run).
-    fn run_commands(&mut self) {
+    /// Returns whether there was any.
+    fn run_commands(&mut self) -> bool {
+        let mut any = false;
         loop {
             let mut cmds = std::mem::take(&mut self.commands);
             WorkerShared::take_local(&mut cmds);
             if cmds.is_empty() {
                 self.commands = cmds;
-                return;
+                return any;
             }
+            any = true;
             for cmd in cmds.drain(..) {
                 self.command(cmd);
             }
@@ -173,7 +234,7 @@ impl Worker {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Listen(fd) => {
-                let token = WAKER - 1 - self.listeners.len() as u64;
+                let token = LISTENERS - self.listeners.len() as u64;
                 match self.epoll.add(fd.as_raw_fd(), sys::epoll::READ, token) {
                     Ok(()) => {
                         self.listeners.push(fd);

@@ -1,0 +1,138 @@
+//! What a Rust developer would write on tokio: a task per connection, tokio-util's
+//! length-delimited codec set to zerocast's header, writes batched with feed/flush; for
+//! broadcast, each relayed frame built once as `Bytes` and handed to every connection's
+//! bounded channel, a writer task per connection draining it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::Parser;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite, LengthDelimitedCodec};
+use zerocast_peers::{announce, listener, Mode, PeerArgs, HEADER_LEN, MAX_FRAME, SENDER_ID_LEN};
+
+/// Frames a slow client may have queued before it is dropped.
+const CHANNEL: usize = 4096;
+
+type Clients = Arc<Mutex<HashMap<u64, mpsc::Sender<Bytes>>>>;
+
+/// zerocast's header: u16 LE size counting the whole frame, then u16 id; frames keep it.
+/// With nothing skipped, the codec reads `size + adjustment` bytes from the frame's start,
+/// so the adjustment is 0.
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .little_endian()
+        .length_field_offset(0)
+        .length_field_length(2)
+        .length_adjustment(0)
+        .num_skip(0)
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+async fn echo(stream: TcpStream) -> std::io::Result<()> {
+    let (r, w) = stream.into_split();
+    let mut reader = FramedRead::new(r, codec());
+    let mut writer = FramedWrite::new(w, BytesCodec::new());
+    while let Some(frame) = reader.next().await {
+        let frame = frame?;
+        if frame.len() < HEADER_LEN {
+            break;
+        }
+        writer.feed(frame.freeze()).await?;
+        // Everything already decoded goes out in the same flush.
+        while let Some(Some(frame)) = reader.next().now_or_never() {
+            let frame = frame?;
+            if frame.len() < HEADER_LEN {
+                return Ok(());
+            }
+            writer.feed(frame.freeze()).await?;
+        }
+        SinkExt::<Bytes>::flush(&mut writer).await?;
+    }
+    Ok(())
+}
+
+async fn broadcast(stream: TcpStream, id: u64, clients: Clients) -> std::io::Result<()> {
+    let (r, w) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL);
+    clients.lock().expect("clients lock").insert(id, tx);
+    let writer = tokio::spawn(async move {
+        let mut writer = FramedWrite::new(w, BytesCodec::new());
+        while let Some(b) = rx.recv().await {
+            writer.feed(b).await?;
+            while let Ok(b) = rx.try_recv() {
+                writer.feed(b).await?;
+            }
+            SinkExt::<Bytes>::flush(&mut writer).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut reader = FramedRead::new(r, codec());
+    while let Some(Ok(frame)) = reader.next().await {
+        if frame.len() < HEADER_LEN {
+            break;
+        }
+        let mut out = BytesMut::with_capacity(frame.len() + SENDER_ID_LEN);
+        out.put_u16_le((frame.len() + SENDER_ID_LEN) as u16);
+        out.put_slice(&frame[2..4]);
+        out.put_u64_le(id);
+        out.put_slice(&frame[HEADER_LEN..]);
+        let out = out.freeze();
+        let mut slow = Vec::new();
+        {
+            let clients = clients.lock().expect("clients lock");
+            for (cid, tx) in clients.iter() {
+                if tx.try_send(out.clone()).is_err() {
+                    slow.push(*cid);
+                }
+            }
+        }
+        if !slow.is_empty() {
+            let mut clients = clients.lock().expect("clients lock");
+            for cid in slow {
+                clients.remove(&cid);
+            }
+        }
+    }
+    clients.lock().expect("clients lock").remove(&id);
+    writer.abort();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = PeerArgs::parse();
+    let std_listener = listener(args.listen)?;
+    announce(&std_listener)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let clients: Clients = Arc::default();
+    let next = AtomicU64::new(1);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                match args.mode {
+                    Mode::Echo => {
+                        tokio::spawn(echo(stream));
+                    }
+                    Mode::Broadcast => {
+                        let id = next.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(broadcast(stream, id, clients.clone()));
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
