@@ -45,9 +45,10 @@ impl Latency {
 /// CPU and memory of a process over the measurement window.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcFigures {
-    /// CPU seconds (user + system) spent inside the window.
+    /// CPU seconds spent inside the window.
     pub cpu_s: f64,
-    /// `cpu_s` over the window's length: 1.0 is one core fully busy.
+    /// `cpu_s` over the time between the two readings (the window, give or take the reading
+    /// itself): 1.0 is one core fully busy.
     pub cpu_util: f64,
     /// Resident memory before the first connection, in bytes.
     pub rss_start: u64,

@@ -311,6 +311,8 @@ struct Watch {
     pid: Option<u32>,
     start: ProcSample,
     window_start: ProcSample,
+    /// When `window_start` was read: utilisation is over the time between the two readings.
+    window_start_ns: u64,
     peak: PeakRss,
 }
 
@@ -321,6 +323,7 @@ impl Watch {
             pid,
             start,
             window_start: start,
+            window_start_ns: now_ns(),
             peak: PeakRss::start(pid),
         })
     }
@@ -328,17 +331,19 @@ impl Watch {
     fn open_window(&mut self) {
         if let Ok(s) = procfs::sample(self.pid) {
             self.window_start = s;
+            self.window_start_ns = now_ns();
         }
     }
 
-    fn close_window(self, window_s: f64) -> ProcFigures {
+    fn close_window(self) -> ProcFigures {
         let end = procfs::sample(self.pid).unwrap_or(self.window_start);
+        let elapsed_s = (now_ns() - self.window_start_ns) as f64 / 1e9;
         let cpu_s = end.cpu_s - self.window_start.cpu_s;
         let peak = self.peak.finish().max(end.rss_bytes);
         ProcFigures {
             cpu_s,
-            cpu_util: if window_s > 0.0 {
-                cpu_s / window_s
+            cpu_util: if elapsed_s > 0.0 {
+                cpu_s / elapsed_s
             } else {
                 0.0
             },
@@ -458,8 +463,8 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         phase(progress, Phase::Measuring, cfg.duration);
         let busy_ns = engine.metrics().busy_ns - busy_start;
         let window_s = cfg.duration.as_secs_f64();
-        let generator = generator.close_window(window_s);
-        let server = server.map(|s| s.close_window(window_s));
+        let generator = generator.close_window();
+        let server = server.map(Watch::close_window);
 
         // Stop sending, then wait for what is in flight.
         handler.stopping.store(true, Ordering::Release);
