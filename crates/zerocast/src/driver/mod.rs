@@ -138,6 +138,19 @@ impl WorkerShared {
         }
     }
 
+    /// Worker side: if the newest command the worker posted to itself is a flush of `session`,
+    /// removes it and returns true; the caller then owns the send flag that command carried.
+    pub(crate) fn take_own_flush(session: &Session) -> bool {
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let own = matches!(l.last(), Some(Command::Flush(s)) if s == session);
+            if own {
+                l.pop();
+            }
+            own
+        })
+    }
+
     /// Worker side: commands the worker posted to itself.
     pub(crate) fn take_local(out: &mut Vec<Command>) {
         LOCAL.with(|l| out.append(&mut l.borrow_mut()));

@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Worker;
 use crate::buffer::SendBuffer;
+use crate::driver::WorkerShared;
 use crate::engine::EngineCtx;
 use crate::frame::{checked, Decoded, FrameError};
 use crate::handler::Frame;
@@ -108,7 +109,10 @@ impl Worker {
         for _ in 0..self.ctx.config.read_budget {
             match self.read_once(token) {
                 Ok(Read::More) => continue,
-                Ok(Read::Drained | Read::Done) => return,
+                Ok(Read::Drained | Read::Done) => {
+                    self.flush_replies(token);
+                    return;
+                }
                 Ok(Read::Eof) => {
                     self.on_eof(token);
                     return;
@@ -119,7 +123,22 @@ impl Worker {
                 }
             }
         }
+        self.flush_replies(token);
         self.again.push(token);
+    }
+
+    /// Writes the session's replies now if the last thing its frames did was queue them on
+    /// the session itself (an echo, a request answered): waiting for the end of the turn would
+    /// coalesce nothing more into that write and only delay it behind every other session's
+    /// reads. Sends to other sessions (a broadcast) still wait for the end of the turn, where
+    /// they gather into one write per recipient.
+    fn flush_replies(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !conn.session.is_closing() && WorkerShared::take_own_flush(&conn.session) {
+            self.flush(token);
+        }
     }
 
     fn read_once(&mut self, token: u64) -> Result<Read, CloseReason> {

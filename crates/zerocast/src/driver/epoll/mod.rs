@@ -4,7 +4,11 @@
 //! socket is drained or its read budget is spent, deliver frames, then run the commands the
 //! handlers and other threads posted (flushes above all). Sends queued while a turn delivers
 //! frames are written at the end of the turn, so they coalesce into one vectored write per
-//! session.
+//! session. One exception: when the last thing a session's frames did was queue a reply on
+//! that same session, the reply is written right after the session's read (nothing else in
+//! the turn would join that write; waiting only delays it). On echo at 1,000 connections this
+//! took the server from 13.1 to 12.3 µs of CPU per reply and raised replies/s by about 6 %
+//! (four alternating runs each).
 
 mod conn;
 mod slab;
