@@ -91,6 +91,7 @@ pub struct Metrics {
     pub(crate) slow_consumers: Striped,
     pub(crate) recv_chunks_allocated: Striped,
     pub(crate) busy_ns: Striped,
+    pub(crate) budget_flushes: Striped,
 }
 
 /// A point-in-time copy of the counters.
@@ -130,6 +131,10 @@ pub struct Snapshot {
     /// Nanoseconds the workers spent in loop turns that had work (events, ticks or retries),
     /// summed over workers: divided by wall time, the workers' utilisation.
     pub busy_ns: i64,
+    /// Times a worker wrote out queued data between reads because one turn's frames had
+    /// queued more than its per-turn output budget (8 MiB): a sign of fan-out bursts or of a
+    /// worker falling behind.
+    pub budget_flushes: i64,
     /// Process-wide: live [`SendBuffer`](crate::SendBuffer) handles.
     pub live_send_buffers: i64,
     /// Process-wide: pooled send chunks with bytes still lent out.
@@ -157,7 +162,7 @@ impl std::fmt::Display for Snapshot {
              bytes_out={} writes={} writes_blocked={} msgs_per_write={:.2} protocol_errors={} \
              rejected={} timeouts={} slow_consumers={} \
              live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={} \
-             busy_s={:.3}",
+             busy_s={:.3} budget_flushes={}",
             self.connections_open,
             self.accepted,
             self.connected,
@@ -178,6 +183,7 @@ impl std::fmt::Display for Snapshot {
             self.chunks_allocated,
             self.recv_chunks_allocated,
             self.busy_ns as f64 / 1e9,
+            self.budget_flushes,
         )
     }
 }
@@ -202,6 +208,7 @@ impl Metrics {
             slow_consumers: self.slow_consumers.get(),
             recv_chunks_allocated: self.recv_chunks_allocated.get(),
             busy_ns: self.busy_ns.get(),
+            budget_flushes: self.budget_flushes.get(),
             live_send_buffers: LIVE_SEND_BUFFERS.get(),
             chunks_in_use: CHUNKS_IN_USE.get(),
             chunks_allocated: CHUNKS_ALLOCATED.get(),

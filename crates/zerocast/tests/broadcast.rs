@@ -93,3 +93,58 @@ fn two_hundred_clients_each_receive_every_frame_once_in_order() {
     eprintln!("{m}");
     assert_no_leaks(&engine);
 }
+
+/// 50 clients each send 200 KiB of frames at once: relayed to everyone that is 500 MB of
+/// output. The worker must write it out between reads (the per-turn output budget) instead of
+/// reading every burst first and holding its whole fan-out in memory.
+#[test]
+fn a_fan_out_burst_is_written_while_it_is_read() {
+    const N: usize = 50;
+    const BURST: usize = 200;
+    let _g = serial();
+    let (engine, addr) = server(Broadcast::new(), 1);
+    let rss_before = rss_bytes();
+    let go = Arc::new(Barrier::new(N + 1));
+    let clients: Vec<_> = (0..N)
+        .map(|_| {
+            let go = go.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut r = BufReader::with_capacity(256 * 1024, s.try_clone().unwrap());
+                go.wait(); // every session is in the group
+                go.wait();
+                let burst: Vec<u8> = (0..BURST).flat_map(|_| frame(DATA, &[7u8; 1000])).collect();
+                let writer = std::thread::spawn(move || s.write_all(&burst).unwrap());
+                for _ in 0..N * BURST {
+                    let (id, p) = read_frame(&mut r).unwrap();
+                    assert_eq!((id, p.len()), (DATA, 1008));
+                }
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        engine.sessions().len() == N
+    }));
+    go.wait();
+    go.wait();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let m = engine.metrics();
+    assert!(m.budget_flushes > 0, "{m}");
+    let grew = rss_bytes().saturating_sub(rss_before);
+    assert!(grew < 96 << 20, "RSS grew {} MiB", grew >> 20);
+    assert_no_leaks(&engine);
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}

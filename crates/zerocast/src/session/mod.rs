@@ -3,6 +3,7 @@
 pub(crate) mod queue;
 mod registry;
 
+use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -14,6 +15,22 @@ use crate::buffer::SendBuffer;
 use crate::driver::WorkerShared;
 use crate::frame::FrameError;
 use queue::{Push, SendQueue};
+
+thread_local! {
+    /// Bytes this thread queued on sessions since the worker on it last looked: a worker uses
+    /// it to bound how much output one turn may pile up before writing it.
+    static QUEUED_BY_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes queued by the calling thread since the last call (resets the count).
+pub(crate) fn take_queued_by_thread() -> usize {
+    QUEUED_BY_THREAD.with(|c| c.replace(0))
+}
+
+/// Bytes queued by the calling thread since the last [`take_queued_by_thread`].
+pub(crate) fn queued_by_thread() -> usize {
+    QUEUED_BY_THREAD.with(Cell::get)
+}
 
 /// Identifies a session for the life of an engine; never reused. Assigned by the engine: a peer
 /// never names itself.
@@ -164,8 +181,12 @@ impl Session {
 
     fn push(&self, bufs: impl IntoIterator<Item = SendBuffer>, len: usize) -> Result<(), Closed> {
         match self.shared.queue.push(bufs, len) {
-            Push::Queued => Ok(()),
+            Push::Queued => {
+                QUEUED_BY_THREAD.with(|c| c.set(c.get() + len));
+                Ok(())
+            }
             Push::Schedule => {
+                QUEUED_BY_THREAD.with(|c| c.set(c.get() + len));
                 self.shared.worker.schedule_flush(self);
                 Ok(())
             }

@@ -141,6 +141,7 @@ impl Worker {
                 self.tick();
             }
             worked |= self.run_commands();
+            crate::session::take_queued_by_thread();
             self.retry_accept();
             if self.now.duration_since(self.last_housekeeping) >= TICK {
                 self.last_housekeeping = self.now;
