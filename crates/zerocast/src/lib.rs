@@ -38,6 +38,7 @@ pub mod frame;
 mod group;
 mod handler;
 pub mod metrics;
+pub mod packet;
 pub mod servers;
 mod session;
 mod sync;

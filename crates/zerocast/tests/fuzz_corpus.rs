@@ -1,18 +1,29 @@
-//! Replays the checked-in fuzz corpus (`fuzz/corpus/decoder`) through the decoder harness, so
-//! every input the fuzzer ever kept stays a regression test on stable Rust.
+//! Replays the checked-in fuzz corpora (`fuzz/corpus/decoder`, `fuzz/corpus/router`) through
+//! their harnesses, so every input the fuzzer ever kept stays a regression test on stable Rust.
 
 use std::path::Path;
 
-#[test]
-fn decoder_corpus_replays_clean() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/decoder");
+fn replay(target: &str, harness: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("corpus directory") {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| zerocast::frame::fuzz_stream(&data));
+        let result = std::panic::catch_unwind(|| harness(&data));
         assert!(result.is_ok(), "corpus input {} panics", path.display());
         n += 1;
     }
-    assert!(n >= 8, "the corpus is checked in ({n} inputs)");
+    assert!(n >= 8, "the {target} corpus is checked in ({n} inputs)");
+}
+
+#[test]
+fn decoder_corpus_replays_clean() {
+    replay("decoder", zerocast::frame::fuzz_stream);
+}
+
+#[test]
+fn router_corpus_replays_clean() {
+    replay("router", zerocast::packet::fuzz_router);
 }

@@ -14,6 +14,7 @@ pub use registry::Registry;
 use crate::buffer::SendBuffer;
 use crate::driver::WorkerShared;
 use crate::frame::FrameError;
+use crate::packet::PacketError;
 use queue::{Push, SendQueue};
 
 thread_local! {
@@ -53,6 +54,9 @@ pub enum CloseReason {
     Reset,
     /// The peer broke the framing; the detail says how.
     Protocol(FrameError),
+    /// A frame was not a valid packet (unknown id, wrong length, bad text, a forbidden value);
+    /// see [`Router::handle`](crate::packet::Router::handle).
+    Packet(PacketError),
     /// The engine is shutting down.
     Shutdown,
     /// The application closed the session with [`Session::close`].
@@ -79,6 +83,7 @@ impl fmt::Display for CloseReason {
             Self::PeerClosed => f.write_str("peer closed"),
             Self::Reset => f.write_str("connection reset"),
             Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Packet(e) => write!(f, "bad packet: {e}"),
             Self::Shutdown => f.write_str("shutdown"),
             Self::Local(why) => write!(f, "closed locally: {why}"),
             Self::Io(kind) => write!(f, "I/O error: {kind}"),
@@ -198,7 +203,7 @@ impl Session {
         }
     }
 
-    fn close_with(&self, reason: CloseReason) {
+    pub(crate) fn close_with(&self, reason: CloseReason) {
         if !self
             .shared
             .closing

@@ -1,0 +1,267 @@
+//! Typed packets, decoded in place, and a router that dispatches frames to them by packet id.
+//! Sans-IO: nothing here touches a socket.
+//!
+//! - A [`FixedPacket`] has a fixed little-endian layout with no alignment requirement (fields
+//!   are `zerocopy` byte-order types). Decoding is a size-checked reinterpretation of the
+//!   payload where it lies in the receive buffer, never an unchecked cast and never a copy;
+//!   encoding writes the header and the bytes once into a pooled [`SendBuffer`].
+//! - A [`VarPacket`] has a variable part (chat text): its view borrows from the frame, and text
+//!   is validated as UTF-8.
+//! - A [`Router`] maps ids to handlers. An unknown id, a wrong length or invalid text is a
+//!   [`PacketError`]; [`Router::handle`] closes the offending session with it as the reason
+//!   ([`CloseReason::Packet`](crate::CloseReason)), touching no other session.
+
+pub mod world;
+
+use bytes::BufMut;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::frame::{Header, HEADER_LEN};
+use crate::{CloseReason, Frame, SendBuffer, Session};
+
+/// Why a frame is not a valid packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// No handler is registered for this id.
+    #[error("unknown packet id {id:#06x}")]
+    UnknownId {
+        /// The frame's id.
+        id: u16,
+    },
+    /// A fixed packet's payload has the wrong size.
+    #[error("packet {id:#06x} has {got} payload bytes, expected {expected}")]
+    WrongLength {
+        /// The packet id.
+        id: u16,
+        /// The packet's size.
+        expected: usize,
+        /// The payload's size.
+        got: usize,
+    },
+    /// A variable packet's payload is shorter than its fixed part.
+    #[error("packet {id:#06x} has {got} payload bytes, less than its {min}-byte fixed part")]
+    TooShort {
+        /// The packet id.
+        id: u16,
+        /// Size of the fixed part.
+        min: usize,
+        /// The payload's size.
+        got: usize,
+    },
+    /// Text that is not UTF-8.
+    #[error("packet {id:#06x} carries text that is not UTF-8")]
+    BadUtf8 {
+        /// The packet id.
+        id: u16,
+    },
+    /// A field value the packet's rules forbid.
+    #[error("packet {id:#06x}: {what}")]
+    Invalid {
+        /// The packet id.
+        id: u16,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+/// A packet with a fixed layout, read in place from the payload.
+///
+/// Derive `FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned` on a `#[repr(C)]` struct of
+/// `zerocopy` byte-order fields (`little_endian::F32`, `U64`, ...) and `u8`s: every bit
+/// pattern is then a valid value, there is no padding and no alignment requirement, which the
+/// derives check at compile time.
+pub trait FixedPacket: FromBytes + IntoBytes + KnownLayout + Immutable + Unaligned {
+    /// The packet id in the frame header.
+    const ID: u16;
+
+    /// Views `payload` as this packet, in place. Fails unless the payload is exactly
+    /// `size_of::<Self>()` bytes.
+    fn decode(payload: &[u8]) -> Result<&Self, PacketError>
+    where
+        Self: Sized,
+    {
+        Self::ref_from_bytes(payload).map_err(|_| PacketError::WrongLength {
+            id: Self::ID,
+            expected: std::mem::size_of::<Self>(),
+            got: payload.len(),
+        })
+    }
+
+    /// The whole frame (header and packet), written once into a pooled buffer.
+    fn encode(&self) -> SendBuffer
+    where
+        Self: Sized,
+    {
+        let size = HEADER_LEN + std::mem::size_of::<Self>();
+        let header = Header::for_payload(Self::ID, std::mem::size_of::<Self>())
+            .expect("a fixed packet is far smaller than a frame");
+        SendBuffer::build(size, |b| {
+            b.put_slice(&header.to_bytes());
+            b.put_slice(self.as_bytes());
+        })
+    }
+}
+
+/// A packet with a variable part, decoded into a view that borrows from the frame.
+pub trait VarPacket: 'static {
+    /// The packet id in the frame header.
+    const ID: u16;
+    /// The decoded view.
+    type View<'a>;
+    /// Decodes `payload`, borrowing from it.
+    fn decode(payload: &[u8]) -> Result<Self::View<'_>, PacketError>;
+}
+
+type Route<C> = Box<dyn Fn(&C, &[u8]) -> Result<(), PacketError> + Send + Sync>;
+
+/// Dispatches frames to typed handlers by packet id. `C` is what handlers get besides the
+/// packet: a [`Session`] in a server, anything in a test.
+///
+/// ```
+/// use zerocast::packet::{world::Attack, FixedPacket, Router};
+///
+/// let router: Router<Vec<u64>> = Router::new().fixed(|hits: &Vec<u64>, a: &Attack| {
+///     assert_eq!(hits, &[7]);
+///     assert_eq!(a.target.get(), 42);
+///     Ok(())
+/// });
+/// let frame = Attack::new(42).encode();
+/// router.dispatch(&vec![7], Attack::ID, &frame.as_bytes()[4..]).unwrap();
+/// assert!(router.dispatch(&vec![7], 0x7777, &[]).is_err());
+/// ```
+pub struct Router<C = Session> {
+    /// Indexed by packet id.
+    routes: Vec<Option<Route<C>>>,
+}
+
+impl<C> Default for Router<C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> Router<C> {
+    /// A router with no route: every id is unknown.
+    pub fn new() -> Self {
+        Self { routes: Vec::new() }
+    }
+
+    fn route(mut self, id: u16, route: Route<C>) -> Self {
+        let i = usize::from(id);
+        if self.routes.len() <= i {
+            self.routes.resize_with(i + 1, || None);
+        }
+        assert!(
+            self.routes[i].is_none(),
+            "two handlers registered for packet id {id:#06x}"
+        );
+        self.routes[i] = Some(route);
+        self
+    }
+
+    /// Routes `P::ID` to `handler`, with the packet viewed in place.
+    ///
+    /// # Panics
+    /// If the id already has a handler (a programming error, found at start-up).
+    pub fn fixed<P: FixedPacket>(
+        self,
+        handler: impl Fn(&C, &P) -> Result<(), PacketError> + Send + Sync + 'static,
+    ) -> Self {
+        self.route(
+            P::ID,
+            Box::new(move |c, payload| handler(c, P::decode(payload)?)),
+        )
+    }
+
+    /// Routes `P::ID` to `handler`, with the packet's view borrowing from the frame.
+    ///
+    /// # Panics
+    /// If the id already has a handler.
+    pub fn var<P: VarPacket>(
+        self,
+        handler: impl for<'a> Fn(&C, P::View<'a>) -> Result<(), PacketError> + Send + Sync + 'static,
+    ) -> Self {
+        self.route(
+            P::ID,
+            Box::new(move |c, payload| handler(c, P::decode(payload)?)),
+        )
+    }
+
+    /// Decodes `payload` as packet `id` and runs its handler.
+    ///
+    /// # Errors
+    /// An unknown id, a malformed payload, or whatever the handler rejects.
+    pub fn dispatch(&self, ctx: &C, id: u16, payload: &[u8]) -> Result<(), PacketError> {
+        match self.routes.get(usize::from(id)) {
+            Some(Some(route)) => route(ctx, payload),
+            _ => Err(PacketError::UnknownId { id }),
+        }
+    }
+}
+
+impl Router<Session> {
+    /// Dispatches a received frame; on error closes that session with
+    /// [`CloseReason::Packet`] (logged at info) and returns the error.
+    ///
+    /// # Errors
+    /// As [`dispatch`](Router::dispatch); the session is already being closed.
+    pub fn handle(&self, session: &Session, frame: Frame<'_>) -> Result<(), PacketError> {
+        self.dispatch(session, frame.id(), frame.payload())
+            .inspect_err(|e| {
+                tracing::info!(session = %session.id(), error = %e, "bad packet, closing");
+                session.close_with(CloseReason::Packet(e.clone()));
+            })
+    }
+}
+
+/// Fuzzing entry point (used by `fuzz/` and by the corpus replay test): cuts `data` into frames
+/// and dispatches each through a router of every client-to-server world packet whose handlers
+/// re-encode what they decoded. Panics only if an invariant breaks: a decoded packet that does
+/// not re-encode to its own bytes, or an error that misreports the input.
+#[doc(hidden)]
+pub fn fuzz_router(data: &[u8]) {
+    use world::{Attack, Chat, ChatText, Join, Move};
+    fn same(frame: &SendBuffer, payload: &[u8]) -> Result<(), PacketError> {
+        assert_eq!(
+            &frame.as_bytes()[HEADER_LEN..],
+            payload,
+            "re-encodes to its bytes"
+        );
+        Ok(())
+    }
+    let router: Router<()> = Router::new()
+        .fixed(|(), p: &Join| same(&p.encode(), p.as_bytes()))
+        .fixed(|(), p: &Move| {
+            p.check()?;
+            same(&p.encode(), p.as_bytes())
+        })
+        .fixed(|(), p: &Attack| same(&p.encode(), p.as_bytes()))
+        .var::<Chat>(|(), c: ChatText<'_>| {
+            assert!(c.text.len() <= world::MAX_CHAT);
+            let frame = c.encode().expect("decoded text fits");
+            assert_eq!(&frame.as_bytes()[HEADER_LEN..HEADER_LEN + 1], &[c.channel]);
+            assert_eq!(&frame.as_bytes()[HEADER_LEN + 1..], c.text.as_bytes());
+            Ok(())
+        });
+    let decoder = crate::frame::LengthPrefixed::new(crate::frame::LengthPrefixed::MAX);
+    let mut stream = data;
+    while let Ok(crate::frame::Decoded::Frame { len, header, id }) =
+        crate::frame::Decoder::decode(&decoder, stream)
+    {
+        let payload = &stream[header..len];
+        match router.dispatch(&(), id, payload) {
+            Ok(()) => {}
+            Err(PacketError::UnknownId { id: got }) => assert_eq!(got, id),
+            Err(PacketError::WrongLength {
+                id: got, got: n, ..
+            }) => {
+                assert_eq!((got, n), (id, payload.len()));
+            }
+            Err(PacketError::TooShort { got: n, .. }) => assert_eq!(n, payload.len()),
+            Err(PacketError::BadUtf8 { id: got } | PacketError::Invalid { id: got, .. }) => {
+                assert_eq!(got, id);
+            }
+        }
+        stream = &stream[len..];
+    }
+}
