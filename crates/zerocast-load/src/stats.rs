@@ -44,7 +44,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// No window yet: nothing is counted as measured until [`open_window`](Self::open_window).
+    /// No window yet: nothing is counted as measured until [`set_window`](Self::set_window).
     pub fn new() -> Self {
         Self {
             window_start: AtomicU64::new(u64::MAX),

@@ -1,0 +1,220 @@
+//! Issue 6, item 1 at full scale: 1,000 sessions receive a 200-byte broadcast at 20 Hz and 50 of
+//! them never read. The 50 are closed as slow consumers, the server's memory stays bounded, and
+//! the healthy sessions' delivery latency stays where it is without stalled clients.
+//!
+//! Lives with the load generator's tests because it measures latency the same way: a
+//! `CLOCK_MONOTONIC` stamp in each broadcast, read on arrival into an HdrHistogram.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BufMut;
+use hdrhistogram::Histogram;
+use socket2::{Domain, Protocol, Socket, Type};
+use zerocast::{CloseReason, Engine, Frame, Group, Handler, SendBuffer, Session};
+use zerocast_load::clock::now_ns;
+
+const HEALTHY: usize = 950;
+const STALLED: usize = 50;
+const PAYLOAD: usize = 200;
+const TICK: Duration = Duration::from_millis(50); // 20 Hz
+const GRACE: Duration = Duration::from_secs(1); // T: how long a session may stay above soft
+const SOFT: usize = 4 * 1024;
+
+/// Broadcasts one stamped 200-byte frame to everyone on each tick.
+#[derive(Default)]
+struct Ticker {
+    everyone: Group,
+    slow_closed: AtomicU64,
+    other_closed: AtomicU64,
+}
+
+impl Handler for Ticker {
+    fn on_connect(&self, session: &Session) {
+        self.everyone.insert(session.clone());
+    }
+
+    fn on_frame(&self, _session: &Session, _frame: Frame<'_>) {}
+
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        self.everyone.remove(session.id());
+        match reason {
+            CloseReason::SlowConsumer => self.slow_closed.fetch_add(1, Ordering::SeqCst),
+            CloseReason::Shutdown => 0,
+            _ => self.other_closed.fetch_add(1, Ordering::SeqCst),
+        };
+    }
+
+    fn on_tick(&self, _worker: usize) {
+        let buf = SendBuffer::build(zerocast::frame::HEADER_LEN + PAYLOAD, |b| {
+            b.put_u16_le((zerocast::frame::HEADER_LEN + PAYLOAD) as u16);
+            b.put_u16_le(1);
+            b.put_u64_le(now_ns());
+            b.put_bytes(0, PAYLOAD - 8);
+        });
+        self.everyone.broadcast(&buf);
+    }
+}
+
+/// The healthy clients: record every delivery's latency once `recording` is set.
+struct Receiver {
+    recording: AtomicBool,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Handler for Receiver {
+    fn on_frame(&self, _session: &Session, frame: Frame<'_>) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        let stamp = u64::from_le_bytes(frame.payload()[..8].try_into().unwrap());
+        let ns = now_ns().saturating_sub(stamp).max(1);
+        self.latency.lock().unwrap().saturating_record(ns);
+    }
+}
+
+/// A client that never reads, with a small receive buffer so that the server's queue for it
+/// fills quickly.
+fn stalled_client(addr: SocketAddr) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s
+}
+
+fn rss_bytes() -> u64 {
+    zerocast_load::procfs::sample(None).unwrap().rss_bytes
+}
+
+struct Outcome {
+    p50_us: f64,
+    p99_us: f64,
+    samples: u64,
+    slow_closed: u64,
+    other_closed: u64,
+    /// Seconds from the last stalled client's connect until all of them were closed.
+    stalled_closed_after: Option<f64>,
+    rss_growth: u64,
+}
+
+fn run(stalled: usize) -> Outcome {
+    let ticker = Arc::new(Ticker::default());
+    let server = Engine::builder()
+        .workers(1)
+        .tick(TICK)
+        .first_frame_timeout(None)
+        .idle_timeout(None)
+        .queued_bytes_limits(SOFT, 1024 * 1024, GRACE)
+        .send_buffer(4096)
+        .build(ticker.clone())
+        .unwrap();
+    let addr = server.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let receiver = Arc::new(Receiver {
+        recording: AtomicBool::new(false),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()),
+    });
+    let clients = Engine::builder()
+        .workers(1)
+        .build(receiver.clone())
+        .unwrap();
+    let rss_before = rss_bytes();
+    let mut sessions = Vec::new();
+    for _ in 0..HEALTHY {
+        sessions.push(clients.connect(addr).unwrap());
+    }
+    let stalled: Vec<Socket> = (0..stalled).map(|_| stalled_client(addr)).collect();
+    let stalled_at = Instant::now();
+    let total = HEALTHY + stalled.len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.sessions().len() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.sessions().len(), total, "every client connected");
+
+    std::thread::sleep(Duration::from_secs(1)); // warm-up
+    receiver.recording.store(true, Ordering::Relaxed);
+    let mut stalled_closed_after = None;
+    let mut rss_peak = rss_bytes();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(100));
+        rss_peak = rss_peak.max(rss_bytes());
+        if stalled_closed_after.is_none()
+            && ticker.slow_closed.load(Ordering::SeqCst) as usize == stalled.len()
+        {
+            stalled_closed_after = Some(stalled_at.elapsed().as_secs_f64());
+        }
+    }
+    receiver.recording.store(false, Ordering::Relaxed);
+    let h = receiver.latency.lock().unwrap().clone();
+    let outcome = Outcome {
+        p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        samples: h.len(),
+        slow_closed: ticker.slow_closed.load(Ordering::SeqCst),
+        other_closed: ticker.other_closed.load(Ordering::SeqCst),
+        stalled_closed_after,
+        rss_growth: rss_peak.saturating_sub(rss_before),
+    };
+    drop(stalled);
+    drop(sessions);
+    clients.shutdown();
+    server.shutdown();
+    let m = server.metrics();
+    assert_eq!(m.live_send_buffers, 0, "{m}");
+    assert_eq!(m.chunks_in_use, 0, "{m}");
+    outcome
+}
+
+#[test]
+fn stalled_readers_are_closed_and_the_healthy_keep_their_latency() {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let base = run(0);
+        let with = run(STALLED);
+        // Every healthy session got all its broadcasts: 950 sessions x 20 Hz x 6 s.
+        for o in [&base, &with] {
+            let expected = (HEALTHY * 20 * 6) as u64;
+            assert!(
+                o.samples >= expected * 95 / 100,
+                "{} of {expected} deliveries",
+                o.samples
+            );
+            assert_eq!(o.other_closed, 0, "no healthy session was closed");
+            assert!(
+                o.rss_growth < 64 << 20,
+                "RSS grew {} MiB",
+                o.rss_growth >> 20
+            );
+        }
+        assert_eq!(base.slow_closed, 0);
+        // The 50 are closed as slow consumers: their queue passes the 4 KiB soft limit once
+        // the kernel buffers (a 4 KiB send buffer, a 4 KiB receive buffer) are full, a few
+        // seconds at 4 KB/s; T = 1 s later they are closed.
+        assert_eq!(with.slow_closed, STALLED as u64);
+        let after = with
+            .stalled_closed_after
+            .expect("stalled clients closed in the window");
+        assert!(after < 7.0, "closed {after:.1} s after connecting");
+        // Healthy latency unchanged: p99 within 20 %. This VM's scheduler stalls (steal) add
+        // millisecond spikes to whole ticks at random, so the bound also allows 1 ms of
+        // absolute noise and one retry of the pair of runs.
+        let bound = (base.p99_us * 1.2).max(base.p99_us + 1_000.0);
+        if with.p99_us <= bound {
+            eprintln!(
+                "healthy p50/p99: {:.0}/{:.0} us without stalled clients, {:.0}/{:.0} us with",
+                base.p50_us, base.p99_us, with.p50_us, with.p99_us
+            );
+            return;
+        }
+        assert!(
+            attempts < 2,
+            "healthy p99 {:.0} us with stalled clients against {:.0} us without",
+            with.p99_us,
+            base.p99_us
+        );
+    }
+}
