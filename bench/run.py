@@ -403,16 +403,22 @@ def main():
     w("")
     w("(The percentage is the median's share of the offered deliveries.)")
     w("")
-    w("| clients | zerocast p99 | tokio p99 | naive p99 | disconnects (zerocast / tokio / naive) |")
-    w("|---|---|---|---|---|")
+    w("| clients | zerocast p99 | tokio p99 | naive p99 | disconnects (zerocast / tokio / naive) "
+      "| server RSS peak (zerocast / tokio / naive) |")
+    w("|---|---|---|---|---|---|")
     for n, res in bcast.items():
         cells = [latency(res[s]) for s in BROADCAST_SERVERS]
         disc = " / ".join(str(int(med(metric(res[s], lambda r: r["disconnects"])))) for s in BROADCAST_SERVERS)
-        w(f"| {n:,} | " + " | ".join(cells) + f" | {disc} |")
+        rss = " / ".join(f"{med(metric(res[s], lambda r: (r.get('server') or {}).get('rss_peak', 0))) / 1048576:.0f} MiB"
+                         for s in BROADCAST_SERVERS)
+        w(f"| {n:,} | " + " | ".join(cells) + f" | {disc} | {rss} |")
     w("")
-    w("Where a server cannot keep up, its queues grow and latency is dominated by the backlog; "
-      "tokio's peer drops clients whose channel fills (the disconnects column), zerocast closes "
-      "slow consumers after 5 s above 1 MiB queued.")
+    w("Where a server cannot keep up, latency is the age of the backlog. tokio's peer drops "
+      "clients whose channel fills (the disconnects column). zerocast writes out what a turn "
+      "has queued once it passes 8 MiB, so the backlog waits in the kernel's socket buffers, "
+      "where TCP slows the senders, instead of in server memory; it closes a client as a slow "
+      "consumer only when that client's own queue stays above 1 MiB for 5 s. The naive server "
+      "queues without bound.")
     w("")
 
     w(f"## Latency at a fixed rate ({rate:,} messages/s = half of tokio's closed-loop maximum)")
@@ -429,6 +435,16 @@ def main():
         w(f"| {s} | " + " | ".join(cells) + f" | {spread(metric(reps, server_util), pct)} |")
     w("")
 
+    fb = med(metric(fixed["zerocast"], lambda r: r["generator_busy"]))
+    fu = med(metric(fixed["zerocast"], server_util))
+    flag = med(metric(fixed["zerocast"], lambda r: r["scheduler_lag"]["p99_us"]))
+    if fb >= fu:
+        w(f"At this rate the generator was as busy as the servers ({pct(fb)} against zerocast's "
+          f"{pct(fu)}): it pays for waking the server on every message, which on loopback is "
+          f"charged to the sender. Its own send lag (p99 {us(flag)}) is inside every latency "
+          "above, the same for every server: the p50 column compares the servers; the tails "
+          "are mostly this machine's and the generator's.")
+        w("")
     w(f"## Memory: {idle_n:,} idle connections")
     w("")
     w("Each connection sends one frame on connect and then stays quiet; server resident memory "
@@ -518,10 +534,17 @@ def main():
     util = lambda reps: med(metric(reps, server_util))
     headroom = [label for label, res, servers in rows if "echo 64 B" not in label
                 and all(busy(res[s]) < util(res[s]) for s in servers)]
+    no_headroom = [label for label, res, servers in rows if "echo 64 B" not in label
+                   and label not in headroom]
     bound = [n for n in conns if busy(echo[(64, n)]["limit"]) >= util(echo[(64, n)]["limit"])]
     if headroom:
         w("Where the generator does less per message than the server, it has headroom: "
           + ", ".join(headroom) + " (generator busy below the server's CPU).")
+        w("")
+    if no_headroom:
+        w("Where it does as much as the server or more (" + ", ".join(no_headroom) + "), it does "
+          "not: there it also pays, on loopback, for waking the server on every message. Those "
+          "rows compare servers under the same generator; their absolute tails include it.")
         w("")
     w("Closed-loop echo is different: per reply the generator does the same kernel work as the "
       "server (one receive, one send), so on two cores both run near full and the rate "
