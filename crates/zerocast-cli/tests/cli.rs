@@ -292,3 +292,23 @@ fn load_rejects_impossible_settings_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--size must be at least 12"), "{err}");
 }
+
+#[test]
+fn load_fails_clearly_when_no_connection_opens() {
+    // Port 9 (discard) has no listener on loopback here: every connect is refused.
+    let out = load(&[
+        "echo",
+        "--target",
+        "127.0.0.1:9",
+        "-c",
+        "3",
+        "--duration",
+        "0.2",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no connection to 127.0.0.1:9 could be opened"),
+        "{err}"
+    );
+}

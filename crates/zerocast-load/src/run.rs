@@ -406,7 +406,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
     // Connect ramp: connection i is opened at i / ramp seconds.
     let ramp_start = now_ns();
     let mut sessions = Vec::with_capacity(cfg.connections);
-    let (mut connect_errors, mut connect_error) = (0u64, None);
+    let (mut connect_errors, mut connect_error) = (0u64, None::<io::Error>);
     let mut last_progress = 0;
     let report_progress =
         |progress: &mut dyn FnMut(&Progress), phase, started: u64, planned: f64| {
@@ -427,7 +427,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             Ok(s) => sessions.push(s),
             Err(e) => {
                 connect_errors += 1;
-                connect_error.get_or_insert_with(|| e.to_string());
+                connect_error.get_or_insert(e);
             }
         }
         if now_ns() - last_progress > 250_000_000 {
@@ -436,6 +436,14 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         }
     }
     let connect_s = (now_ns() - ramp_start) as f64 / 1e9;
+    if sessions.is_empty() {
+        let e = connect_error.expect("no session means a connect error");
+        return Err(io::Error::new(
+            e.kind(),
+            format!("no connection to {} could be opened: {e}", cfg.target),
+        ));
+    }
+    let connect_error = connect_error.map(|e| e.to_string());
 
     if let Some(open) = &handler.open_loop {
         // The workers' ticks start sending from here.
