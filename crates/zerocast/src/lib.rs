@@ -31,6 +31,7 @@
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
 
+pub mod aoi;
 pub mod buffer;
 mod driver;
 mod engine;
