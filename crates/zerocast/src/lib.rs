@@ -38,6 +38,7 @@ mod engine;
 pub mod frame;
 mod group;
 mod handler;
+pub mod lockorder;
 pub mod metrics;
 pub mod packet;
 pub mod servers;
