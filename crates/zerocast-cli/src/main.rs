@@ -10,6 +10,7 @@ use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
 use zerocast::{frame::Raw, Builder, Engine};
 
 mod load;
+mod metrics_http;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,10 @@ struct ServerArgs {
     /// Print the counters to stderr every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics (prints
+    /// `metrics on ADDR` after the listening line).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     drain: f64,
@@ -102,11 +107,17 @@ fn main() -> anyhow::Result<()> {
 
 /// Listens, prints `listening on ADDR`, and runs until SIGINT or SIGTERM.
 fn serve(engine: Engine, args: &ServerArgs) -> anyhow::Result<()> {
+    let engine = std::sync::Arc::new(engine);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let addr = engine
         .listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
+    if let Some(m) = args.metrics {
+        let bound = metrics_http::serve(m, engine.clone())
+            .with_context(|| format!("cannot serve metrics on {m}"))?;
+        println!("metrics on {bound}");
+    }
     use std::io::Write;
     std::io::stdout().flush()?;
     let handle = signals.handle();

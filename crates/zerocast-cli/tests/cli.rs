@@ -312,3 +312,61 @@ fn load_fails_clearly_when_no_connection_opens() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text_with_live_counters() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let metrics = line.trim().strip_prefix("metrics on ").unwrap().to_string();
+
+    // Some traffic, so the counters are not all zero.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[6, 0, 1, 0, b'h', b'i']).unwrap();
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).unwrap();
+
+    let scrape = |path: &str| {
+        let mut m = TcpStream::connect(&metrics).unwrap();
+        write!(m, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        m.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = scrape("/metrics");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("Content-Type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    assert!(text.contains("\nzerocast_connections_open 1\n"), "{text}");
+    assert!(text.contains("\nzerocast_frames_in_total 1\n"), "{text}");
+    assert!(
+        text.contains("# TYPE zerocast_accepted_total counter\n"),
+        "{text}"
+    );
+    assert!(scrape("/").starts_with("HTTP/1.1 404"));
+
+    drop(s);
+    libc_signal::send(child.id(), libc_signal::Signal::Term);
+    assert!(child.wait().unwrap().success());
+}

@@ -154,6 +154,143 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The counters in the Prometheus text exposition format (version 0.0.4), every name
+    /// prefixed `zerocast_`, for a `/metrics` endpoint.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &str, f64); 20] = [
+            (
+                "connections_open",
+                "gauge",
+                "Sessions currently open.",
+                self.connections_open as f64,
+            ),
+            (
+                "accepted_total",
+                "counter",
+                "Connections accepted.",
+                self.accepted as f64,
+            ),
+            (
+                "connected_total",
+                "counter",
+                "Outgoing connections established.",
+                self.connected as f64,
+            ),
+            (
+                "closed_total",
+                "counter",
+                "Sessions closed, for any reason.",
+                self.closed as f64,
+            ),
+            (
+                "frames_in_total",
+                "counter",
+                "Frames received.",
+                self.frames_in as f64,
+            ),
+            (
+                "bytes_in_total",
+                "counter",
+                "Bytes received.",
+                self.bytes_in as f64,
+            ),
+            (
+                "messages_out_total",
+                "counter",
+                "Send buffers fully written.",
+                self.frames_out as f64,
+            ),
+            (
+                "bytes_out_total",
+                "counter",
+                "Bytes written.",
+                self.bytes_out as f64,
+            ),
+            (
+                "writes_total",
+                "counter",
+                "Vectored write calls that wrote something.",
+                self.writes as f64,
+            ),
+            (
+                "writes_blocked_total",
+                "counter",
+                "Writes that found the socket full.",
+                self.writes_blocked as f64,
+            ),
+            (
+                "messages_per_write",
+                "gauge",
+                "Send buffers per vectored write, since start.",
+                self.messages_per_write(),
+            ),
+            (
+                "protocol_errors_total",
+                "counter",
+                "Sessions closed for a protocol error.",
+                self.protocol_errors as f64,
+            ),
+            (
+                "rejected_total",
+                "counter",
+                "Connections refused at max_connections.",
+                self.rejected as f64,
+            ),
+            (
+                "timeouts_total",
+                "counter",
+                "Sessions closed by a deadline.",
+                self.timeouts as f64,
+            ),
+            (
+                "slow_consumers_total",
+                "counter",
+                "Sessions closed as slow consumers.",
+                self.slow_consumers as f64,
+            ),
+            (
+                "budget_flushes_total",
+                "counter",
+                "Mid-turn writes forced by the per-turn output budget.",
+                self.budget_flushes as f64,
+            ),
+            (
+                "busy_seconds_total",
+                "counter",
+                "Time workers spent in turns with work.",
+                self.busy_ns as f64 / 1e9,
+            ),
+            (
+                "live_send_buffers",
+                "gauge",
+                "SendBuffer handles alive in the process.",
+                self.live_send_buffers as f64,
+            ),
+            (
+                "send_chunks_in_use",
+                "gauge",
+                "Pooled send chunks with bytes lent out.",
+                self.chunks_in_use as f64,
+            ),
+            (
+                "recv_chunks_allocated_total",
+                "counter",
+                "Receive chunks allocated.",
+                self.recv_chunks_allocated as f64,
+            ),
+        ];
+        let mut out = String::with_capacity(4096);
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(out, "# HELP zerocast_{name} {help}");
+            let _ = writeln!(out, "# TYPE zerocast_{name} {kind}");
+            let _ = writeln!(out, "zerocast_{name} {value}");
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -219,6 +356,32 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_has_help_type_and_value_for_every_counter() {
+        let s = Snapshot {
+            connections_open: 3,
+            frames_out: 10,
+            writes: 4,
+            ..Snapshot::default()
+        };
+        let text = s.to_prometheus();
+        assert!(
+            text.contains("# TYPE zerocast_connections_open gauge\nzerocast_connections_open 3\n")
+        );
+        assert!(text.contains("zerocast_messages_per_write 2.5\n"));
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), 20);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 20);
+        for line in samples {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(
+                name.starts_with("zerocast_")
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            );
+            value.parse::<f64>().unwrap();
+        }
+    }
 
     #[test]
     fn striped_sums_across_threads() {
