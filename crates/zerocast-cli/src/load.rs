@@ -73,7 +73,8 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Let the generator's workers sleep between events instead of busy-polling (for a
-    /// generator that shares its core; timer and wake-up costs then count against it).
+    /// generator that shares its core; timer and wake-up costs then count against it). The
+    /// idle scenario never busy-polls.
     #[arg(long)]
     no_busy_poll: bool,
     /// Open loop: the generator's tick period in microseconds [default: from the rate].
@@ -138,7 +139,8 @@ impl LoadArgs {
         cfg.workers = self.workers.max(1);
         cfg.cpus = self.cpus.clone();
         cfg.server_pid = self.server_pid;
-        cfg.busy_poll = !self.no_busy_poll;
+        // Idle measures memory, not latency: no reason to burn a core polling.
+        cfg.busy_poll = !self.no_busy_poll && !matches!(self.scenario, ScenarioArg::Idle);
         cfg.tick = self.tick_us.map(Duration::from_micros);
         Ok(cfg)
     }
