@@ -62,23 +62,18 @@ fn parse_stat(text: &str) -> Option<ProcSample> {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if n > 0 {
-        n as f64
-    } else {
-        100.0
-    }
+    sysconf_or(libc::_SC_CLK_TCK, 100) as f64
 }
 
 fn page_size() -> u64 {
+    sysconf_or(libc::_SC_PAGESIZE, 4096)
+}
+
+/// A positive `sysconf` value, or `default`.
+fn sysconf_or(name: libc::c_int, default: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
+    let n = unsafe { libc::sysconf(name) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(default)
 }
 
 #[cfg(test)]

@@ -137,14 +137,3 @@ fn a_fan_out_burst_is_written_while_it_is_read() {
     assert!(grew < 96 << 20, "RSS grew {} MiB", grew >> 20);
     assert_no_leaks(&engine);
 }
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}

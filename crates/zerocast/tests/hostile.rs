@@ -14,17 +14,6 @@ use util::*;
 use zerocast::servers::Echo;
 use zerocast::Engine;
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[test]
 fn two_thousand_hostile_connections_leave_healthy_sessions_alone() {
     let _g = serial();

@@ -155,3 +155,15 @@ pub fn small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
     sock.connect(&addr.into()).unwrap();
     sock.into()
 }
+
+/// This process's resident memory in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
