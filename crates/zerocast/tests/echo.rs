@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use util::*;
 use zerocast::servers::Echo;
+use zerocast::Engine;
 
 #[test]
 fn hundred_clients_echo_random_frames_in_random_splits() {
@@ -140,8 +141,9 @@ fn raw_mode_echoes_unframed_bytes() {
 #[test]
 fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     let _g = serial();
-    let (engine, addr) = server(Echo, 1);
-    // A tiny receive window on the client makes the server's writes short and then EAGAIN.
+    // A tiny SO_SNDBUF on the server and a tiny receive window on the client make the server's
+    // writes of 60 KiB frames short and then EAGAIN.
+    let (engine, addr) = server_with(Engine::builder().workers(1).send_buffer(4096), Echo);
     let mut s = small_window(addr);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut wire = Vec::new();
@@ -168,6 +170,12 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     assert!(got == expect, "byte-exact, in order");
     let m = engine.metrics();
     assert!(m.writes_blocked > 0, "the partial-write path ran: {m}");
+    // No spin: after a write finds the socket full, the worker waits for EPOLLOUT instead of
+    // retrying, so every blocked write is followed by one that makes progress.
+    assert!(
+        m.writes_blocked <= m.writes + 1,
+        "the worker spun on a full socket: {m}"
+    );
     drop(s);
     assert_no_leaks(&engine);
 }
