@@ -119,15 +119,7 @@ impl LoadHandler {
                 return;
             };
             let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            let buf = SendBuffer::build(size, |b| {
-                b.put_u64_le(stamp);
-                b.put_bytes(0, size - 8);
-            });
-            // Under the lock: stamps must be queued in the order the bytes go out.
-            if session.send(buf).is_ok() {
-                conn.stamps.push_back(stamp);
-                self.stats.on_send(stamp);
-            }
+            self.send_raw(session, &mut conn, stamp);
             return;
         }
         let header = Header::for_payload(PROBE_ID, size - HEADER_LEN).expect("size validated");
@@ -137,6 +129,20 @@ impl LoadHandler {
             b.put_bytes(0, size - HEADER_LEN - 8);
         });
         if session.send(buf).is_ok() {
+            self.stats.on_send(stamp);
+        }
+    }
+
+    /// Sends one raw message; the caller holds the session's raw state, so stamps are queued
+    /// in the order the bytes go out.
+    fn send_raw(&self, session: &Session, conn: &mut RawConn, stamp: u64) {
+        let size = self.size;
+        let buf = SendBuffer::build(size, |b| {
+            b.put_u64_le(stamp);
+            b.put_bytes(0, size - 8);
+        });
+        if session.send(buf).is_ok() {
+            conn.stamps.push_back(stamp);
             self.stats.on_send(stamp);
         }
     }
@@ -169,15 +175,7 @@ impl LoadHandler {
             };
             self.stats.on_receive(stamp, now);
             if self.closed_loop() {
-                let stamp = now_ns();
-                let buf = SendBuffer::build(self.size, |b| {
-                    b.put_u64_le(stamp);
-                    b.put_bytes(0, self.size - 8);
-                });
-                if session.send(buf).is_ok() {
-                    conn.stamps.push_back(stamp);
-                    self.stats.on_send(stamp);
-                }
+                self.send_raw(session, &mut conn, now_ns());
             }
         }
         conn.partial += bytes;
