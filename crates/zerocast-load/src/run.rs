@@ -18,6 +18,9 @@ use crate::procfs::{self, ProcSample};
 use crate::report::{encode_histogram, Latency, ProcFigures, Report};
 use crate::stats::Stats;
 
+/// How far ahead of its start the measurement window is published to the workers.
+const WINDOW_NOTICE_NS: u64 = 10_000_000;
+
 /// Packet id of the generator's messages.
 pub const PROBE_ID: u16 = 0x10AD;
 
@@ -458,10 +461,14 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         };
         phase(progress, Phase::WarmingUp, cfg.warmup);
 
-        let window_start = now_ns();
+        // The window is published before it opens: a stamp taken inside it is then never
+        // judged by a thread that has not seen the window yet (which would count a reply's
+        // latency without its send).
+        let window_start = now_ns() + WINDOW_NOTICE_NS;
         let window_end = window_start + cfg.duration.as_nanos() as u64;
-        let busy_start = engine.metrics().busy_ns;
         stats.set_window(window_start, window_end);
+        sleep_until(window_start);
+        let busy_start = engine.metrics().busy_ns;
         generator.open_window();
         if let Some(s) = &mut server {
             s.open_window();

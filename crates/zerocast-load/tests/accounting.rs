@@ -35,6 +35,9 @@ fn config(scenario: Scenario, target: SocketAddr, connections: usize) -> LoadCon
     cfg.warmup = Duration::from_millis(200);
     cfg.duration = Duration::from_millis(800);
     cfg.drain = Duration::from_secs(3);
+    // The servers here share the generator's process and its two cores: a busy-polling
+    // generator would starve them (busy-poll has its own tests in the engine).
+    cfg.busy_poll = false;
     cfg
 }
 
@@ -121,8 +124,7 @@ fn closed_loop_echo_counts_every_reply_once() {
 fn percentiles_match_a_known_delay() {
     let _g = serial();
     let server = SlowEcho::start(Duration::from_millis(20), u64::MAX, Duration::ZERO);
-    let mut cfg = config(Scenario::Echo, server.addr, 5);
-    cfg.busy_poll = false;
+    let cfg = config(Scenario::Echo, server.addr, 5);
     let r = load(&cfg);
     assert_clean(&r);
     // 5 connections, one message in flight each, 20 ms per reply: about 250 replies/s.
