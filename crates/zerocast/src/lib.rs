@@ -45,6 +45,7 @@ pub mod servers;
 mod session;
 mod sync;
 mod sys;
+pub mod world;
 
 pub use buffer::SendBuffer;
 pub use engine::{Builder, Config, Engine};

@@ -1,6 +1,6 @@
-//! The world protocol's client-to-server packets (docs/PROTOCOL.md, "World protocol"). All
-//! fields are little-endian; no packet carries the sender's identity: the server knows it from
-//! the session.
+//! The world protocol (docs/PROTOCOL.md, "World protocol"): client-to-server packets
+//! (`0x01xx`) and server-to-client packets (`0x02xx`). All fields are little-endian; no
+//! client packet carries the sender's identity: the server knows it from the session.
 
 use bytes::BufMut;
 use zerocopy::little_endian::{F32, U16, U64};
@@ -13,12 +13,35 @@ use crate::SendBuffer;
 /// Longest chat text in bytes.
 pub const MAX_CHAT: usize = 512;
 
+/// The protocol version a [`Join`] must name.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Why the server refused a packet without closing the session ([`Rejected::reason`]).
+pub mod reject {
+    /// The move covers more ground than the maximum speed allows, or claims a higher speed.
+    pub const TOO_FAST: u8 = 1;
+    /// The position is outside the world.
+    pub const OUT_OF_BOUNDS: u8 = 2;
+    /// The attack's target is not a player in range.
+    pub const NO_TARGET: u8 = 3;
+    /// The player sends this packet faster than the server accepts it.
+    pub const RATE_LIMITED: u8 = 4;
+}
+
 /// Chat channels.
 pub mod channel {
     /// Players in range.
     pub const NEARBY: u8 = 0;
     /// Everyone.
     pub const GLOBAL: u8 = 1;
+}
+
+macro_rules! fixed_packet {
+    ($name:ident, $id:expr) => {
+        impl FixedPacket for $name {
+            const ID: u16 = $id;
+        }
+    };
 }
 
 /// `0x0101`: enter the world. The server answers with the player's id.
@@ -31,9 +54,7 @@ pub struct Join {
     pub protocol: U16,
 }
 
-impl FixedPacket for Join {
-    const ID: u16 = 0x0101;
-}
+fixed_packet!(Join, 0x0101);
 
 impl Join {
     /// A join for protocol `version`.
@@ -60,9 +81,7 @@ pub struct Move {
     pub velocity: F32,
 }
 
-impl FixedPacket for Move {
-    const ID: u16 = 0x0102;
-}
+fixed_packet!(Move, 0x0102);
 
 impl Move {
     /// A move to `(x, y, z)` at `velocity`.
@@ -102,9 +121,7 @@ pub struct Attack {
     pub target: U64,
 }
 
-impl FixedPacket for Attack {
-    const ID: u16 = 0x0103;
-}
+fixed_packet!(Attack, 0x0103);
 
 impl Attack {
     /// An attack on `target`.
@@ -180,6 +197,170 @@ impl ChatText<'_> {
     }
 }
 
+/// `0x0201`: the answer to [`Join`]: the player's id (assigned by the server), where it
+/// spawned, and the world's rules.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Welcome {
+    /// The player's id, as other players' packets name it.
+    pub id: U64,
+    /// Spawn position.
+    pub x: F32,
+    /// Spawn position.
+    pub y: F32,
+    /// Spawn position.
+    pub z: F32,
+    /// Positions run from 0 to this on every axis.
+    pub world_size: F32,
+    /// Width of an area-of-interest cell: players see each other within one cell.
+    pub cell_size: F32,
+    /// Fastest allowed movement, units per second.
+    pub max_speed: F32,
+    /// The world's tick in milliseconds: events reach clients once per tick.
+    pub tick_ms: U16,
+}
+fixed_packet!(Welcome, 0x0201);
+
+/// `0x0202`: a player in range moved.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Moved {
+    /// Who moved.
+    pub id: U64,
+    /// New position.
+    pub x: F32,
+    /// New position.
+    pub y: F32,
+    /// New position.
+    pub z: F32,
+    /// Its speed.
+    pub velocity: F32,
+}
+fixed_packet!(Moved, 0x0202);
+
+/// `0x0203`: a player came into range (or was in range when this player joined).
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Entered {
+    /// Who.
+    pub id: U64,
+    /// Where.
+    pub x: F32,
+    /// Where.
+    pub y: F32,
+    /// Where.
+    pub z: F32,
+}
+fixed_packet!(Entered, 0x0203);
+
+/// `0x0204`: a player went out of range or left the world.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Left {
+    /// Who.
+    pub id: U64,
+}
+fixed_packet!(Left, 0x0204);
+
+/// `0x0205`: a player attacked another; sent to the players in range of the target.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Attacked {
+    /// Who attacked.
+    pub attacker: U64,
+    /// Who was attacked.
+    pub target: U64,
+}
+fixed_packet!(Attacked, 0x0205);
+
+/// `0x0207`: the server refused a packet (see [`reject`]); the session stays open. For a
+/// refused move the position is where the server keeps the player: the client snaps back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Rejected {
+    /// The refused packet's id.
+    pub packet: U16,
+    /// A [`reject`] code.
+    pub reason: u8,
+    /// The player's authoritative position.
+    pub x: F32,
+    /// The player's authoritative position.
+    pub y: F32,
+    /// The player's authoritative position.
+    pub z: F32,
+}
+fixed_packet!(Rejected, 0x0207);
+
+/// `0x0206`: a chat line relayed from a player: its id, then the [`Chat`] payload as the
+/// player sent it (channel byte and text).
+pub struct ChatFrom;
+
+/// A decoded [`ChatFrom`], borrowing its text from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLine<'a> {
+    /// Who said it.
+    pub from: u64,
+    /// The line.
+    pub chat: ChatText<'a>,
+}
+
+impl VarPacket for ChatFrom {
+    const ID: u16 = 0x0206;
+    type View<'a> = ChatLine<'a>;
+
+    fn decode(payload: &[u8]) -> Result<ChatLine<'_>, PacketError> {
+        let Some((from, rest)) = payload.split_first_chunk::<8>() else {
+            return Err(PacketError::TooShort {
+                id: Self::ID,
+                min: 9,
+                got: payload.len(),
+            });
+        };
+        let chat = Chat::decode(rest).map_err(|e| match e {
+            PacketError::TooShort { got, .. } => PacketError::TooShort {
+                id: Self::ID,
+                min: 9,
+                got: got + 8,
+            },
+            PacketError::BadUtf8 { .. } => PacketError::BadUtf8 { id: Self::ID },
+            PacketError::Invalid { what, .. } => PacketError::Invalid { id: Self::ID, what },
+            other => other,
+        })?;
+        Ok(ChatLine {
+            from: u64::from_le_bytes(*from),
+            chat,
+        })
+    }
+}
+
+impl ChatFrom {
+    /// The header and sender id of a relayed line whose [`Chat`] payload (`chat_len` bytes,
+    /// channel byte included) follows in a second buffer: the server relays the received
+    /// payload by reference instead of copying it. `None` if the payload is too long.
+    pub fn prefix(from: u64, chat_len: usize) -> Option<SendBuffer> {
+        if chat_len > 1 + MAX_CHAT {
+            return None;
+        }
+        let header = Header::for_payload(Self::ID, 8 + chat_len)?;
+        Some(SendBuffer::build(HEADER_LEN + 8, |b| {
+            b.put_slice(&header.to_bytes());
+            b.put_u64_le(from);
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +405,91 @@ mod tests {
                 prop_assert_eq!(got, Err(PacketError::WrongLength { id: Move::ID, expected: 16, got: bytes.len() }));
             }
         }
+    }
+
+    #[test]
+    fn server_packets_round_trip() {
+        fn round<P: FixedPacket + std::fmt::Debug + PartialEq>(p: P) {
+            let frame = p.encode();
+            let header = Header::parse(frame.as_bytes()).unwrap();
+            assert_eq!(header.id, P::ID);
+            assert_eq!(P::decode(payload(&frame)).unwrap(), &p);
+        }
+        let f = F32::new;
+        round(Welcome {
+            id: U64::new(7),
+            x: f(1.0),
+            y: f(2.0),
+            z: f(0.0),
+            world_size: f(4000.0),
+            cell_size: f(100.0),
+            max_speed: f(20.0),
+            tick_ms: U16::new(50),
+        });
+        round(Moved {
+            id: U64::new(u64::MAX),
+            x: f(-1.5),
+            y: f(3.25),
+            z: f(0.5),
+            velocity: f(9.0),
+        });
+        round(Entered {
+            id: U64::new(3),
+            x: f(1.0),
+            y: f(1.0),
+            z: f(1.0),
+        });
+        round(Left { id: U64::new(3) });
+        round(Attacked {
+            attacker: U64::new(1),
+            target: U64::new(2),
+        });
+        round(Rejected {
+            packet: U16::new(Move::ID),
+            reason: reject::TOO_FAST,
+            x: f(1.0),
+            y: f(2.0),
+            z: f(3.0),
+        });
+        assert_eq!(std::mem::size_of::<Rejected>(), 15);
+    }
+
+    #[test]
+    fn a_relayed_chat_line_is_its_prefix_and_the_original_payload() {
+        let line = ChatText {
+            channel: channel::GLOBAL,
+            text: "héllo",
+        }
+        .encode()
+        .unwrap();
+        let chat = payload(&line);
+        let prefix = ChatFrom::prefix(42, chat.len()).unwrap();
+        let mut frame = prefix.as_bytes().to_vec();
+        frame.extend_from_slice(chat);
+        let header = Header::parse(&frame).unwrap();
+        assert_eq!(
+            (header.id, usize::from(header.size)),
+            (ChatFrom::ID, frame.len())
+        );
+        let got = ChatFrom::decode(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(got.from, 42);
+        assert_eq!(got.chat.text, "héllo");
+        assert_eq!(got.chat.channel, channel::GLOBAL);
+        assert!(ChatFrom::prefix(1, 2 + MAX_CHAT).is_none());
+        assert_eq!(
+            ChatFrom::decode(&[1, 2, 3]),
+            Err(PacketError::TooShort {
+                id: ChatFrom::ID,
+                min: 9,
+                got: 3
+            })
+        );
+        let mut bad = 5u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(&[0, 0xff]);
+        assert_eq!(
+            ChatFrom::decode(&bad),
+            Err(PacketError::BadUtf8 { id: ChatFrom::ID })
+        );
     }
 
     #[test]
