@@ -24,6 +24,9 @@ pub enum ScenarioArg {
     Broadcast,
     /// Open connections at the ramp and hold them (one frame on connect, then heartbeats).
     Idle,
+    /// Bots in a world server (`zerocast world`): each joins, moves --hz times a second,
+    /// sometimes chats; measures move delivery latency and checks the area of interest.
+    World,
 }
 
 #[derive(Args, Clone)]
@@ -47,7 +50,7 @@ pub struct LoadArgs {
     /// message's scheduled send time.
     #[arg(long)]
     rate: Option<f64>,
-    /// Broadcast: messages per second sent by each client.
+    /// Broadcast: messages per second sent by each client; world: moves per second per bot.
     #[arg(long, default_value_t = 10.0)]
     hz: f64,
     /// Idle: seconds between heartbeats on each connection.
@@ -105,6 +108,7 @@ impl LoadArgs {
             ScenarioArg::Raw => Scenario::Raw,
             ScenarioArg::Broadcast => Scenario::Broadcast,
             ScenarioArg::Idle => Scenario::Idle,
+            ScenarioArg::World => Scenario::World,
         }
     }
 
@@ -118,7 +122,7 @@ impl LoadArgs {
         let mut cfg = LoadConfig::new(self.scenario(), self.target, n);
         cfg.size = self.size;
         cfg.pace = match (self.scenario, self.rate) {
-            (ScenarioArg::Broadcast, _) => Pace::Rate {
+            (ScenarioArg::Broadcast | ScenarioArg::World, _) => Pace::Rate {
                 per_sec: self.hz * n as f64,
             },
             (ScenarioArg::Idle, _) => Pace::Rate {

@@ -1,14 +1,17 @@
 //! `zerocast`: the engine's command-line front end.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
+use zerocast::world::World;
 use zerocast::{frame::Raw, Builder, Engine};
 
+mod demo;
 mod load;
 mod metrics_http;
 
@@ -38,6 +41,17 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// MMO world server: players join, move, attack and chat; events reach the players in
+    /// range, flushed once per tick (docs/PROTOCOL.md, "World protocol").
+    World {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        world: WorldArgs,
+    },
+    /// The world server and 2,000 bots on this machine for 20 seconds, with live figures and
+    /// a summary: the first thing to run.
+    Demo(demo::DemoArgs),
     /// Load generator: drives an echo or broadcast server and reports throughput and latency.
     Load(load::LoadArgs),
 }
@@ -68,6 +82,46 @@ struct ServerArgs {
     drain: f64,
 }
 
+/// The world's rules (defaults: `zerocast::world::WorldConfig::default()`).
+#[derive(Args, Clone)]
+pub struct WorldArgs {
+    /// World width on each axis, in units.
+    #[arg(long, default_value_t = 4000.0)]
+    pub world_size: f32,
+    /// Area-of-interest cell width: players see each other within one cell.
+    #[arg(long, default_value_t = 100.0)]
+    pub cell_size: f32,
+    /// Fastest allowed movement, units per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub max_speed: f32,
+    /// World tick in milliseconds: events reach players once per tick.
+    #[arg(long, default_value_t = 50)]
+    pub tick_ms: u64,
+}
+
+impl WorldArgs {
+    pub fn config(&self) -> anyhow::Result<zerocast::world::WorldConfig> {
+        let positive = |what: &str, v: f32| {
+            anyhow::ensure!(v.is_finite() && v > 0.0, "--{what} must be positive");
+            Ok(())
+        };
+        positive("world-size", self.world_size)?;
+        positive("cell-size", self.cell_size)?;
+        positive("max-speed", self.max_speed)?;
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.tick_ms),
+            "--tick-ms must be between 1 and 60000"
+        );
+        Ok(zerocast::world::WorldConfig {
+            size: self.world_size,
+            cell_size: self.cell_size,
+            max_speed: self.max_speed,
+            tick: Duration::from_millis(self.tick_ms),
+            ..Default::default()
+        })
+    }
+}
+
 impl ServerArgs {
     fn builder(&self) -> Builder {
         let mut b = Engine::builder()
@@ -88,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let mut extra: Option<metrics_http::Extra> = None;
     let (engine, args) = match &cli.command {
         Command::Echo { server, raw } => {
             let b = server.builder();
@@ -100,21 +155,32 @@ fn main() -> anyhow::Result<()> {
                 .max_frame(server.max_frame.min(BROADCAST_MAX_FRAME));
             (b.build(Broadcast::new())?, server)
         }
+        Command::World { server, world } => {
+            let world = Arc::new(World::new(world.config()?));
+            let w = world.clone();
+            extra = Some(Arc::new(move || w.snapshot().to_prometheus()));
+            (world.configure(server.builder()).build(world)?, server)
+        }
         Command::Load(args) => return load::main(args),
+        Command::Demo(args) => return demo::main(args),
     };
-    serve(engine, args)
+    serve(engine, args, extra)
 }
 
 /// Listens, prints `listening on ADDR`, and runs until SIGINT or SIGTERM.
-fn serve(engine: Engine, args: &ServerArgs) -> anyhow::Result<()> {
-    let engine = std::sync::Arc::new(engine);
+fn serve(
+    engine: Engine,
+    args: &ServerArgs,
+    extra: Option<metrics_http::Extra>,
+) -> anyhow::Result<()> {
+    let engine = Arc::new(engine);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let addr = engine
         .listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
     if let Some(m) = args.metrics {
-        let bound = metrics_http::serve(m, engine.clone())
+        let bound = metrics_http::serve(m, engine.clone(), extra)
             .with_context(|| format!("cannot serve metrics on {m}"))?;
         println!("metrics on {bound}");
     }

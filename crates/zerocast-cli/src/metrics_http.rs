@@ -12,16 +12,24 @@ use std::time::Duration;
 
 use zerocast::Engine;
 
+/// What `/metrics` answers: the engine's counters, then whatever `extra` adds (the world's
+/// gauges).
+pub type Extra = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Binds `addr` and serves `/metrics` for `engine` until the process exits. Returns the bound
 /// address.
-pub fn serve(addr: SocketAddr, engine: Arc<Engine>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    extra: Option<Extra>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("zerocast-metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &engine) {
+                if let Err(e) = answer(stream, &engine, extra.as_ref()) {
                     tracing::debug!(error = %e, "metrics request failed");
                 }
             }
@@ -29,7 +37,7 @@ pub fn serve(addr: SocketAddr, engine: Arc<Engine>) -> std::io::Result<SocketAdd
     Ok(bound)
 }
 
-fn answer(stream: TcpStream, engine: &Engine) -> std::io::Result<()> {
+fn answer(stream: TcpStream, engine: &Engine, extra: Option<&Extra>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut reader = BufReader::new(&stream);
@@ -43,7 +51,10 @@ fn answer(stream: TcpStream, engine: &Engine) -> std::io::Result<()> {
     let mut out = &stream;
     let mut parts = request.split_whitespace();
     if let (Some("GET"), Some("/metrics")) = (parts.next(), parts.next()) {
-        let body = engine.metrics().to_prometheus();
+        let mut body = engine.metrics().to_prometheus();
+        if let Some(extra) = extra {
+            body.push_str(&extra());
+        }
         write!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

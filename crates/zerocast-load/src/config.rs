@@ -15,6 +15,9 @@ pub enum Scenario {
     Broadcast,
     /// Connections opened at the ramp and held: one frame on connect, then heartbeats.
     Idle,
+    /// Bots in the world server: each joins, random-walks and sometimes chats; move delivery
+    /// latency is measured and every delivery is checked against the area of interest.
+    World,
 }
 
 impl Scenario {
@@ -25,6 +28,7 @@ impl Scenario {
             Scenario::Raw => "raw",
             Scenario::Broadcast => "broadcast",
             Scenario::Idle => "idle",
+            Scenario::World => "world",
         }
     }
 }
@@ -148,8 +152,10 @@ impl LoadConfig {
         }
         match self.pace {
             Pace::Closed { depth: 0 } => return bad("--depth must be at least 1".into()),
-            Pace::Closed { .. } if self.scenario == Scenario::Broadcast => {
-                return bad("broadcast needs a send rate".into())
+            Pace::Closed { .. }
+                if matches!(self.scenario, Scenario::Broadcast | Scenario::World) =>
+            {
+                return bad(format!("{} needs a send rate", self.scenario.name()))
             }
             Pace::Rate { per_sec } if per_sec.is_nan() || per_sec <= 0.0 => {
                 return bad("the send rate must be positive".into())

@@ -1,7 +1,7 @@
 //! The zerocast load generator (the "dummy client" of the classic game-server design).
 //!
 //! It runs on the engine's own client sessions. Scenarios ([`Scenario`]): framed echo, raw
-//! echo, broadcast and idle; pacing ([`Pace`]): closed loop with a fixed number of messages in
+//! echo, broadcast, idle, and bots in the world server; pacing ([`Pace`]): closed loop with a fixed number of messages in
 //! flight per connection, or open loop at a fixed total rate with latency measured from each
 //! message's scheduled send time.
 //!
@@ -11,6 +11,7 @@
 //! window that starts after the connect ramp and a warm-up.
 #![cfg(target_os = "linux")]
 
+mod bots;
 pub mod clock;
 mod config;
 pub mod procfs;
@@ -18,6 +19,7 @@ mod report;
 mod run;
 mod stats;
 
+pub use bots::WorldFigures;
 pub use config::{
     loopback_sources, sources_needed, LoadConfig, Pace, Scenario, CONNECTIONS_PER_SOURCE,
     MIN_FRAMED_SIZE,

@@ -107,6 +107,9 @@ pub struct Report {
     pub server: Option<ProcFigures>,
     /// Generator processes merged into this report.
     pub processes: usize,
+    /// The world scenario's own counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<crate::WorldFigures>,
     /// The latency histogram (HdrHistogram V2, base64), only in shard reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram: Option<String>,
@@ -174,6 +177,9 @@ impl Report {
             out.generator.rss_start += p.generator.rss_start;
             out.generator.rss_peak += p.generator.rss_peak;
             out.processes += p.processes.max(1);
+            if let Some(w) = &p.world {
+                out.world.get_or_insert_with(Default::default).add(w);
+            }
         }
         out.latency = Latency::from_histogram(&hist);
         Ok(out)
@@ -234,6 +240,13 @@ impl fmt::Display for Report {
             "errors        unanswered {}  corrupt {}  disconnects {} {:?}",
             self.unanswered, self.corrupt, self.disconnects, self.disconnect_reasons
         )?;
+        if let Some(w) = &self.world {
+            writeln!(
+                f,
+                "world         {} joined, out of range {}, untimed {}, rejected {}, notices {}, chat sent {} received {}",
+                w.joined, w.out_of_range, w.untimed, w.rejected, w.notices, w.chats_sent, w.chats_received
+            )?;
+        }
         if self.tick_us > 0.0 {
             let g = &self.scheduler_lag;
             writeln!(

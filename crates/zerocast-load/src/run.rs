@@ -12,6 +12,7 @@ use zerocast::frame::{Header, LengthPrefixed, Raw, HEADER_LEN};
 use zerocast::servers::SENDER_ID_LEN;
 use zerocast::{CloseReason, Engine, Frame, Handler, SendBuffer, Session};
 
+use crate::bots::Bots;
 use crate::clock::{now_ns, sleep_until};
 use crate::config::{LoadConfig, Pace, Scenario};
 use crate::procfs::{self, ProcSample};
@@ -33,6 +34,8 @@ pub struct Progress {
     pub target_connections: usize,
     /// Replies or deliveries so far (whole run).
     pub received: u64,
+    /// p99 latency so far in the measurement window, in microseconds (0 before it).
+    pub p99_us: f64,
     /// Seconds into the current phase, and its planned length (0 if open-ended).
     pub elapsed_s: f64,
     pub planned_s: f64,
@@ -74,6 +77,8 @@ struct LoadHandler {
     last_receive: AtomicU64,
     /// Open loop: the schedule, run from the workers' ticks.
     open_loop: Option<OpenLoop>,
+    /// World scenario: the bots.
+    bots: Option<Bots>,
 }
 
 /// An open-loop schedule: message `k` goes to session `k % n` at `start + k * interval`.
@@ -193,10 +198,13 @@ fn stamp_at(payload: &[u8], at: usize) -> Option<u64> {
 impl Handler for LoadHandler {
     fn on_connect(&self, session: &Session) {
         self.stats.connected.add(1);
+        if let Some(bots) = &self.bots {
+            return bots.on_connect(session);
+        }
         let n = match self.scenario {
             Scenario::Echo | Scenario::Raw => self.depth,
             Scenario::Idle => 1,
-            Scenario::Broadcast => 0,
+            Scenario::Broadcast | Scenario::World => 0,
         };
         for _ in 0..n {
             self.send_probe(session, now_ns());
@@ -220,6 +228,15 @@ impl Handler for LoadHandler {
                         }
                     }
                     _ => self.corrupt(session),
+                }
+            }
+            Scenario::World => {
+                let ok = self
+                    .bots
+                    .as_ref()
+                    .is_some_and(|b| b.on_frame(session, frame, now, &self.stats));
+                if !ok {
+                    self.corrupt(session);
                 }
             }
             Scenario::Broadcast => {
@@ -262,7 +279,14 @@ impl Handler for LoadHandler {
                 break;
             }
             self.stats.on_lag(due, now - due);
-            self.send_probe(&sessions[(k % sessions.len() as u64) as usize], due);
+            let session = &sessions[(k % sessions.len() as u64) as usize];
+            match &self.bots {
+                // A bot not welcomed yet skips its turn.
+                Some(bots) => {
+                    bots.act(session, due, &self.stats);
+                }
+                None => self.send_probe(session, due),
+            }
             k += open.workers as u64;
         }
         slot.store(k, Ordering::Relaxed);
@@ -383,6 +407,12 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             Pace::Rate { per_sec } => Some(OpenLoop::new(per_sec, cfg.workers.max(1))),
             Pace::Closed { .. } => None,
         },
+        bots: match (cfg.scenario, cfg.pace) {
+            (Scenario::World, Pace::Rate { per_sec }) => {
+                Some(Bots::new(cfg.connections, per_sec / cfg.connections as f64))
+            }
+            _ => None,
+        },
     });
     let mut builder = Engine::builder()
         .workers(cfg.workers)
@@ -416,6 +446,12 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 connected: stats.connected.get() as u64,
                 target_connections: cfg.connections,
                 received: stats.received.get() as u64,
+                p99_us: if phase == Phase::Measuring {
+                    let h = stats.latency();
+                    h.value_at_quantile(0.99) as f64 / 1e3
+                } else {
+                    0.0
+                },
                 elapsed_s: (now_ns() - started) as f64 / 1e9,
                 planned_s: planned,
             });
@@ -486,7 +522,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         loop {
             let now = now_ns();
             let settled = match cfg.scenario {
-                Scenario::Broadcast => {
+                Scenario::Broadcast | Scenario::World => {
                     now - handler
                         .last_receive
                         .load(Ordering::Relaxed)
@@ -533,7 +569,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             sent_total: stats.sent.get() as u64,
             received_total: stats.received.get() as u64,
             unanswered: match cfg.scenario {
-                Scenario::Broadcast => 0,
+                Scenario::Broadcast | Scenario::World => 0,
                 _ => sent.saturating_sub(latency.len()),
             },
             latency: Latency::from_histogram(&latency),
@@ -545,6 +581,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             processes: 1,
             tick_us: tick.map_or(0.0, |t| t.as_secs_f64() * 1e6),
             histogram: Some(encode_histogram(&latency)),
+            world: handler.bots.as_ref().map(Bots::figures),
         }
     };
     Ok(report)

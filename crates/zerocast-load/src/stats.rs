@@ -100,6 +100,15 @@ impl Stats {
         }
     }
 
+    /// A delivery arrived at `now` whose send time is unknown: throughput only.
+    #[inline]
+    pub fn on_delivery(&self, now: u64) {
+        self.received.add(1);
+        if self.in_window(now) {
+            self.received_in_window.add(1);
+        }
+    }
+
     /// Notes how late the scheduler sent a message scheduled at `stamp` (open loop).
     pub fn on_lag(&self, stamp: u64, ns: u64) {
         if self.in_window(stamp) {

@@ -345,7 +345,7 @@ fn each_player_gets_one_gathered_write_per_tick() {
     let ids: Vec<u64> = players.iter().map(|p| p.id).collect();
     for (p, seen) in barrier(&mut players, "done").iter().enumerate() {
         for &other in ids.iter().filter(|&&o| o != ids[p]) {
-            assert_eq!(moved_by(&seen, other).len(), 5, "all five moves of {other}");
+            assert_eq!(moved_by(seen, other).len(), 5, "all five moves of {other}");
         }
     }
     let after = engine.metrics();

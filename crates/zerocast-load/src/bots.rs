@@ -1,0 +1,382 @@
+//! The world scenario's bots: each joins the world server, random-walks at a fixed rate below
+//! the speed limit, and now and then chats (nearby, sometimes globally).
+//!
+//! # What is measured
+//! - Delivery latency of moves: a bot remembers the send time of its recent moves by
+//!   position; when another bot receives `Moved`, the generator looks the mover's position
+//!   up and records now − send time. (The world protocol carries no client timestamps; the
+//!   generator's bots share one clock and one table instead.) A move whose sender is not in
+//!   this process, or has aged out of the table, is counted as an untimed delivery.
+//! - Area of interest, checked on every delivery: the mover's cell must touch (3×3) a cell
+//!   the receiver occupied in its recent moves (the server judges range by the receiver's
+//!   position as of its last move it handled, which is one of those). A move from farther
+//!   away is counted in `out_of_range`, which a correct server keeps at zero.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use zerocast::metrics::Striped;
+use zerocast::packet::world::{
+    channel, reject, Attacked, ChatFrom, ChatText, Entered, Join, Left, Move, Moved, Rejected,
+    Welcome, PROTOCOL_VERSION,
+};
+use zerocast::packet::{FixedPacket, VarPacket};
+use zerocast::{Frame, Session};
+
+use crate::stats::Stats;
+
+/// Recent moves a bot remembers for latency matching and range checks (3.2 s at 10 Hz).
+const HISTORY: usize = 32;
+/// One move in this many carries a chat line; one chat line in ten is global.
+const CHAT_EVERY: u64 = 100;
+/// Bots walk at this fraction of the server's speed limit.
+const PACE: f32 = 0.5;
+
+/// What the world scenario counted besides move latency.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorldFigures {
+    /// Bots the server welcomed.
+    pub joined: u64,
+    /// `Moved` deliveries whose send time was not found (counted in `received` all the same).
+    pub untimed: u64,
+    /// `Moved` deliveries from a player out of the receiver's range: a correct server sends
+    /// none.
+    pub out_of_range: u64,
+    /// Packets the server refused (`Rejected`).
+    pub rejected: u64,
+    /// Enter and leave notices received.
+    pub notices: u64,
+    /// Chat lines sent, and received (relayed to a bot).
+    pub chats_sent: u64,
+    pub chats_received: u64,
+}
+
+impl WorldFigures {
+    pub(crate) fn add(&mut self, o: &WorldFigures) {
+        self.joined += o.joined;
+        self.untimed += o.untimed;
+        self.out_of_range += o.out_of_range;
+        self.rejected += o.rejected;
+        self.notices += o.notices;
+        self.chats_sent += o.chats_sent;
+        self.chats_received += o.chats_received;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Rules {
+    size: f32,
+    cell: f32,
+    speed: f32,
+}
+
+impl Rules {
+    fn cell(&self, x: f32, y: f32) -> (i64, i64) {
+        (
+            (x / self.cell).floor() as i64,
+            (y / self.cell).floor() as i64,
+        )
+    }
+}
+
+#[derive(Default)]
+struct Bot {
+    /// The player id, once welcomed.
+    id: Option<u64>,
+    rules: Rules,
+    pos: [f32; 3],
+    heading: f32,
+    rng: u64,
+    moves: u64,
+    /// Recent moves: position bits and the scheduled send time.
+    sent: VecDeque<(u64, u64)>,
+    /// Cells of the recent positions the server may hold for this bot (spawn included).
+    cells: VecDeque<(i64, i64)>,
+}
+
+fn key(x: f32, y: f32) -> u64 {
+    (u64::from(x.to_bits()) << 32) | u64::from(y.to_bits())
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
+    if q.len() == HISTORY {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+impl Bot {
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: the walk only needs to look random.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// The next step of the walk, `dt` seconds after the last: turn a little, walk, turn
+    /// back at the world's edge.
+    fn step(&mut self, dt: f32) -> [f32; 3] {
+        let turn = (self.next_random() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let r = self.rules;
+        self.heading += turn;
+        let d = r.speed * dt;
+        let (mut x, mut y) = (
+            self.pos[0] + d * self.heading.cos(),
+            self.pos[1] + d * self.heading.sin(),
+        );
+        let margin = 1.0f32.min(r.size / 4.0);
+        if !(margin..=r.size - margin).contains(&x) || !(margin..=r.size - margin).contains(&y) {
+            self.heading += std::f32::consts::PI;
+            x = x.clamp(margin, r.size - margin);
+            y = y.clamp(margin, r.size - margin);
+        }
+        self.pos = [x, y, 0.0];
+        self.pos
+    }
+
+    fn at(&mut self, x: f32, y: f32) {
+        self.pos = [x, y, 0.0];
+        let c = self.rules.cell(x, y);
+        push_bounded(&mut self.cells, c);
+    }
+}
+
+/// The bots of one generator process, indexed by session id − 1 (the generator's engine only
+/// connects, so its ids are 1..=connections).
+pub(crate) struct Bots {
+    bots: Vec<Mutex<Bot>>,
+    /// Player id → bot index.
+    players: RwLock<HashMap<u64, usize>>,
+    /// Seconds between one bot's moves.
+    interval_s: f32,
+    joined: Striped,
+    untimed: Striped,
+    out_of_range: Striped,
+    rejected: Striped,
+    notices: Striped,
+    chats_sent: Striped,
+    chats_received: Striped,
+}
+
+impl Bots {
+    pub(crate) fn new(count: usize, moves_per_sec_each: f64) -> Self {
+        Self {
+            bots: (0..count)
+                .map(|i| {
+                    Mutex::new(Bot {
+                        rng: 0x9E37_79B9_7F4A_7C15
+                            ^ (i as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+                        ..Bot::default()
+                    })
+                })
+                .collect(),
+            players: RwLock::new(HashMap::with_capacity(count)),
+            interval_s: (1.0 / moves_per_sec_each) as f32,
+            joined: Striped::new(),
+            untimed: Striped::new(),
+            out_of_range: Striped::new(),
+            rejected: Striped::new(),
+            notices: Striped::new(),
+            chats_sent: Striped::new(),
+            chats_received: Striped::new(),
+        }
+    }
+
+    fn bot(&self, session: &Session) -> Option<&Mutex<Bot>> {
+        let i = usize::try_from(session.id().0.checked_sub(1)?).ok()?;
+        self.bots.get(i)
+    }
+
+    pub(crate) fn on_connect(&self, session: &Session) {
+        let _ = session.send(Join::new(PROTOCOL_VERSION).encode());
+    }
+
+    /// The open-loop schedule's turn for `session`: one move (and sometimes a chat line),
+    /// stamped `stamp`. Returns false if the bot has not joined yet (nothing sent).
+    pub(crate) fn act(&self, session: &Session, stamp: u64, stats: &Stats) -> bool {
+        let Some(bot) = self.bot(session) else {
+            return false;
+        };
+        let mut bot = bot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(id) = bot.id else { return false };
+        let [x, y, z] = bot.step(self.interval_s);
+        let speed = bot.rules.speed;
+        // Recorded before the send: a receiver looks it up under this bot's lock, which is
+        // held until the move is queued.
+        push_bounded(&mut bot.sent, (key(x, y), stamp));
+        if session.send(Move::new(x, y, z, speed).encode()).is_err() {
+            return false;
+        }
+        stats.on_send(stamp);
+        bot.at(x, y);
+        bot.moves += 1;
+        if bot.next_random() % CHAT_EVERY == 0 {
+            let global = bot.next_random() % 10 == 0;
+            let text = format!("bot {id} at {x:.0},{y:.0}");
+            let ch = if global {
+                channel::GLOBAL
+            } else {
+                channel::NEARBY
+            };
+            if let Ok(line) = (ChatText {
+                channel: ch,
+                text: &text,
+            })
+            .encode()
+            {
+                if session.send(line).is_ok() {
+                    self.chats_sent.add(1);
+                }
+            }
+        }
+        true
+    }
+
+    /// A packet from the server. Returns false if it is not a valid world packet.
+    pub(crate) fn on_frame(
+        &self,
+        session: &Session,
+        frame: Frame<'_>,
+        now: u64,
+        stats: &Stats,
+    ) -> bool {
+        let Some(me) = self.bot(session) else {
+            return false;
+        };
+        let p = frame.payload();
+        match frame.id() {
+            Moved::ID => {
+                let Ok(m) = Moved::decode(p) else {
+                    return false;
+                };
+                self.on_moved(me, m, now, stats);
+            }
+            Welcome::ID => {
+                let Ok(w) = Welcome::decode(p) else {
+                    return false;
+                };
+                let id = w.id.get();
+                let mut bot = me.lock().unwrap_or_else(|e| e.into_inner());
+                bot.id = Some(id);
+                bot.rules = Rules {
+                    size: w.world_size.get(),
+                    cell: w.cell_size.get().max(1.0),
+                    speed: w.max_speed.get() * PACE,
+                };
+                bot.heading = (bot.next_random() % 628) as f32 / 100.0;
+                bot.at(w.x.get(), w.y.get());
+                drop(bot);
+                let index = usize::try_from(session.id().0 - 1).unwrap_or(usize::MAX);
+                self.players
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, index);
+                self.joined.add(1);
+            }
+            Rejected::ID => {
+                let Ok(r) = Rejected::decode(p) else {
+                    return false;
+                };
+                self.rejected.add(1);
+                if r.reason == reject::TOO_FAST || r.reason == reject::OUT_OF_BOUNDS {
+                    // Snap back to where the server keeps us.
+                    me.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .at(r.x.get(), r.y.get());
+                }
+            }
+            Entered::ID | Left::ID => self.notices.add(1),
+            Attacked::ID => {}
+            ChatFrom::ID => {
+                if ChatFrom::decode(p).is_err() {
+                    return false;
+                }
+                self.chats_received.add(1);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn on_moved(&self, me: &Mutex<Bot>, m: &Moved, now: u64, stats: &Stats) {
+        let (x, y) = (m.x.get(), m.y.get());
+        // Range: the mover's cell against the cells the server may hold for the receiver.
+        {
+            let bot = me.lock().unwrap_or_else(|e| e.into_inner());
+            let (cx, cy) = bot.rules.cell(x, y);
+            let near = bot
+                .cells
+                .iter()
+                .any(|&(rx, ry)| (rx - cx).abs() <= 1 && (ry - cy).abs() <= 1);
+            if !near {
+                self.out_of_range.add(1);
+            }
+        }
+        let mover = self
+            .players
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&m.id.get())
+            .copied();
+        let stamp = mover.and_then(|i| {
+            let bot = self.bots[i].lock().unwrap_or_else(|e| e.into_inner());
+            let k = key(x, y);
+            bot.sent
+                .iter()
+                .rev()
+                .find(|(s, _)| *s == k)
+                .map(|&(_, t)| t)
+        });
+        match stamp {
+            Some(stamp) => stats.on_receive(stamp, now),
+            None => {
+                self.untimed.add(1);
+                stats.on_delivery(now);
+            }
+        }
+    }
+
+    pub(crate) fn figures(&self) -> WorldFigures {
+        let g = |s: &Striped| s.get() as u64;
+        WorldFigures {
+            joined: g(&self.joined),
+            untimed: g(&self.untimed),
+            out_of_range: g(&self.out_of_range),
+            rejected: g(&self.rejected),
+            notices: g(&self.notices),
+            chats_sent: g(&self.chats_sent),
+            chats_received: g(&self.chats_received),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_stays_inside_and_under_the_speed() {
+        let mut b = Bot {
+            rules: Rules {
+                size: 100.0,
+                cell: 10.0,
+                speed: 10.0,
+            },
+            rng: 7,
+            pos: [50.0, 50.0, 0.0],
+            ..Bot::default()
+        };
+        let mut prev = b.pos;
+        for _ in 0..10_000 {
+            let p = b.step(0.1);
+            let d = ((p[0] - prev[0]).powi(2) + (p[1] - prev[1]).powi(2)).sqrt();
+            assert!(d <= 1.0 + 1e-3, "step of {d}");
+            assert!((1.0..=99.0).contains(&p[0]) && (1.0..=99.0).contains(&p[1]));
+            prev = p;
+        }
+    }
+}
