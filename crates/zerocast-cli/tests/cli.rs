@@ -115,6 +115,9 @@ fn every_subcommand_has_help() {
         &["--help"][..],
         &["echo", "--help"],
         &["broadcast", "--help"],
+        &["world", "--help"],
+        &["load", "--help"],
+        &["demo", "--help"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_zerocast"))
             .args(sub)
@@ -369,4 +372,75 @@ fn metrics_endpoint_serves_prometheus_text_with_live_counters() {
     drop(s);
     libc_signal::send(child.id(), libc_signal::Signal::Term);
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn world_serves_players_and_its_gauges() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .args([
+            "world",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--tick-ms",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut next = |prefix: &str| {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim().strip_prefix(prefix).unwrap().to_string()
+    };
+    let addr = next("listening on ");
+    let metrics = next("metrics on ");
+
+    // Join (protocol 1) and read the welcome: id 0x0201, 34 bytes of payload.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[6, 0, 0x01, 0x01, 1, 0]).unwrap();
+    let mut welcome = [0u8; 4 + 34];
+    s.read_exact(&mut welcome).unwrap();
+    assert_eq!(&welcome[..4], &[38, 0, 0x01, 0x02]);
+    let tick_ms = u16::from_le_bytes([welcome[36], welcome[37]]);
+    assert_eq!(tick_ms, 20);
+
+    let mut m = TcpStream::connect(&metrics).unwrap();
+    write!(m, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(text.contains("\nzerocast_world_players 1\n"), "{text}");
+    assert!(text.contains("\nzerocast_world_joins_total 1\n"), "{text}");
+    assert!(text.contains("\nzerocast_connections_open 1\n"), "{text}");
+
+    drop(s);
+    libc_signal::send(child.id(), libc_signal::Signal::Term);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn demo_runs_the_world_and_its_bots_and_ends_with_a_summary() {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .args(["demo", "--bots", "200", "--duration", "2"])
+        .output()
+        .expect("binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(text.contains("measuring"), "live figures: {text}");
+    assert!(text.contains("summary"), "{text}");
+    assert!(text.contains("200 joined of 200"), "{text}");
+    assert!(
+        text.contains("area of interest 0 deliveries from out of range"),
+        "{text}"
+    );
 }
