@@ -65,7 +65,7 @@ fn every_move_delivered_to_200_bots_comes_from_a_player_in_range() {
     // Events wait for the tick: no delivery is faster than a fraction of it, none much slower.
     assert!(r.latency.p99_us < 1_000_000.0, "{r}");
     let s = w.snapshot();
-    assert!(s.deliveries / s.flushes.max(1) >= 2, "{s:?}");
+    assert!(s.counts.deliveries / s.flushes.max(1) >= 2, "{s:?}");
     engine.shutdown();
 }
 

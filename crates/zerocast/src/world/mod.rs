@@ -4,6 +4,8 @@
 //! refuses moves faster than the maximum speed or outside the world, and closes the session of
 //! a client that sends a malformed packet (docs/PROTOCOL.md, "World protocol").
 //!
+//! The game logic is the sans-IO [`Core`]; this module adds sessions and ticks.
+//!
 //! # Ticks
 //! Nothing is written while an event is handled. Each event is encoded once, and a reference
 //! to it is added to the pending list of every player it concerns. Every
@@ -16,154 +18,63 @@
 //! Build the engine with the world's tick ([`World::configure`]); without ticks nothing would
 //! ever be written.
 
+mod core;
 mod rules;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use zerocopy::little_endian::{F32, U16, U64};
-
+pub use self::core::{Core, Counts, Deliver};
 pub use rules::{Body, WorldConfig};
 
-use crate::aoi::{EntityId, Grid};
+use crate::aoi::EntityId;
 use crate::lockorder::OrderedMutex;
-use crate::metrics::Striped;
-use crate::packet::world::{
-    channel, reject, Attack, Attacked, Chat, ChatFrom, ChatText, Entered, Join, Left, Move, Moved,
-    Rejected, Welcome, PROTOCOL_VERSION,
-};
-use crate::packet::{FixedPacket, PacketError, Router, VarPacket};
+use crate::packet::world::{Attack, Chat, Join, Move};
+use crate::packet::{PacketError, Router, VarPacket};
 use crate::{Builder, CloseReason, Frame, Handler, SendBuffer, Session};
 
-struct Player {
+/// A player's connection and what it is sent during the current tick.
+struct Outbox {
     session: Session,
-    body: Body,
     /// Everything this player is sent during the current tick, in order.
     pending: Vec<SendBuffer>,
     /// True while the player is listed in its worker's `dirty` list.
     listed: bool,
 }
 
-/// The world's state, behind one lock.
+/// The per-tick batches: a [`Deliver`] that appends to the recipient's pending list.
 ///
-/// Invariants: a player is in `players` exactly when it is in `grid`; a player with pending
-/// buffers is listed in `dirty[its worker]` (a listed id may have left since: skipped).
-struct State {
-    players: HashMap<EntityId, Player>,
-    grid: Grid<()>,
+/// Invariant: a player with pending buffers is listed in `dirty[its worker]` (a listed id
+/// may have left since: the tick skips it).
+#[derive(Default)]
+struct Batches {
+    outboxes: HashMap<EntityId, Outbox>,
     /// Per worker: players with pending buffers.
     dirty: Vec<Vec<EntityId>>,
 }
 
-impl State {
-    /// Adds `buf` to `to`'s pending list.
-    fn deliver(&mut self, to: EntityId, buf: &SendBuffer, counters: &Counters) {
-        let Some(p) = self.players.get_mut(&to) else {
+impl Deliver for Batches {
+    fn deliver(&mut self, to: EntityId, buf: &SendBuffer) {
+        let Some(o) = self.outboxes.get_mut(&to) else {
             return;
         };
-        p.pending.push(buf.clone());
-        counters.deliveries.add(1);
-        if !p.listed {
-            p.listed = true;
-            let w = p.session.worker();
+        o.pending.push(buf.clone());
+        if !o.listed {
+            o.listed = true;
+            let w = o.session.worker();
             if self.dirty.len() <= w {
                 self.dirty.resize_with(w + 1, Vec::new);
             }
             self.dirty[w].push(to);
         }
     }
-
-    /// Adds `bufs` (back to back) to the pending list of every player in range of `id`, and
-    /// of `id` itself when `with_self`.
-    fn deliver_near(&mut self, id: EntityId, bufs: &[&SendBuffer], with_self: bool, c: &Counters) {
-        let mut near = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        self.grid.for_each_near(id, |other, ()| near.push(other));
-        if with_self {
-            near.push(id);
-        }
-        for &to in &near {
-            for buf in bufs {
-                self.deliver(to, buf, c);
-            }
-        }
-        near.clear();
-        SCRATCH.with(|s| *s.borrow_mut() = near);
-    }
-
-    fn entered(&self, id: EntityId) -> Option<SendBuffer> {
-        let p = self.players.get(&id)?;
-        let [x, y, z] = p.body.pos;
-        Some(
-            Entered {
-                id: U64::new(id),
-                x: F32::new(x),
-                y: F32::new(y),
-                z: F32::new(z),
-            }
-            .encode(),
-        )
-    }
-
-    /// Enter and leave notices, both ways, after `id` joined or crossed cells.
-    fn notify(&mut self, id: EntityId, v: &crate::aoi::Visibility, c: &Counters) {
-        if let Some(me) = self.entered(id) {
-            for &other in &v.entered {
-                if let Some(them) = self.entered(other) {
-                    self.deliver(id, &them, c);
-                }
-                self.deliver(other, &me, c);
-            }
-        }
-        let gone = Left { id: U64::new(id) }.encode();
-        for &other in &v.left {
-            self.deliver(
-                id,
-                &Left {
-                    id: U64::new(other),
-                }
-                .encode(),
-                c,
-            );
-            self.deliver(other, &gone, c);
-        }
-    }
-
-    fn reject(&mut self, id: EntityId, packet: u16, reason: u8, c: &Counters) {
-        let Some(p) = self.players.get(&id) else {
-            return;
-        };
-        let [x, y, z] = p.body.pos;
-        let r = Rejected {
-            packet: U16::new(packet),
-            reason,
-            x: F32::new(x),
-            y: F32::new(y),
-            z: F32::new(z),
-        }
-        .encode();
-        c.rejected.add(1);
-        self.deliver(id, &r, c);
-    }
 }
 
-thread_local! {
-    /// Reused list of recipients, so a broadcast allocates nothing in steady state.
-    static SCRATCH: std::cell::RefCell<Vec<EntityId>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The world's counters, striped per thread.
-#[derive(Default)]
-struct Counters {
-    joins: Striped,
-    moves: Striped,
-    rejected: Striped,
-    attacks: Striped,
-    chats: Striped,
-    deliveries: Striped,
-    ticks: Striped,
-    /// Non-empty pending lists handed to sessions.
-    flushes: Striped,
+struct State {
+    core: Core,
+    batches: Batches,
+    ticks: u64,
+    flushes: u64,
 }
 
 /// A snapshot of the world's gauges and counters.
@@ -171,78 +82,60 @@ struct Counters {
 pub struct WorldSnapshot {
     /// Players in the world now.
     pub players: usize,
-    /// Joins since start.
-    pub joins: i64,
-    /// Accepted moves.
-    pub moves: i64,
-    /// Refused packets (each answered with `Rejected`).
-    pub rejected: i64,
-    /// Accepted attacks.
-    pub attacks: i64,
-    /// Chat lines relayed.
-    pub chats: i64,
-    /// Packets queued for players (one per recipient).
-    pub deliveries: i64,
+    /// The game's counters.
+    pub counts: Counts,
     /// Worker ticks run.
-    pub ticks: i64,
-    /// Pending lists handed to sessions: `deliveries / flushes` is the packets per write
-    /// the tick achieves.
-    pub flushes: i64,
+    pub ticks: u64,
+    /// Pending lists handed to sessions: `counts.deliveries / flushes` is the packets per
+    /// write the tick achieves.
+    pub flushes: u64,
 }
 
 impl WorldSnapshot {
     /// The gauges in the Prometheus text format, `zerocast_world_` prefixed.
     pub fn to_prometheus(&self) -> String {
         use std::fmt::Write;
+        let c = &self.counts;
+        let rows = [
+            (
+                "players",
+                "gauge",
+                "Players in the world.",
+                self.players as u64,
+            ),
+            ("joins_total", "counter", "Players joined.", c.joins),
+            ("moves_total", "counter", "Moves accepted.", c.moves),
+            (
+                "rejected_total",
+                "counter",
+                "Packets refused with Rejected.",
+                c.rejected,
+            ),
+            ("attacks_total", "counter", "Attacks accepted.", c.attacks),
+            ("chats_total", "counter", "Chat lines relayed.", c.chats),
+            (
+                "deliveries_total",
+                "counter",
+                "Packets queued for players.",
+                c.deliveries,
+            ),
+            ("ticks_total", "counter", "Worker ticks run.", self.ticks),
+            (
+                "flushes_total",
+                "counter",
+                "Per-player tick batches handed to sessions.",
+                self.flushes,
+            ),
+        ];
         let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, v: i64| {
+        for (name, kind, help, v) in rows {
             let _ = write!(
                 out,
                 "# HELP zerocast_world_{name} {help}\n# TYPE zerocast_world_{name} {kind}\nzerocast_world_{name} {v}\n"
             );
-        };
-        put(
-            "players",
-            "gauge",
-            "Players in the world.",
-            self.players as i64,
-        );
-        put("joins_total", "counter", "Players joined.", self.joins);
-        put("moves_total", "counter", "Moves accepted.", self.moves);
-        put(
-            "rejected_total",
-            "counter",
-            "Packets refused with Rejected.",
-            self.rejected,
-        );
-        put(
-            "attacks_total",
-            "counter",
-            "Attacks accepted.",
-            self.attacks,
-        );
-        put("chats_total", "counter", "Chat lines relayed.", self.chats);
-        put(
-            "deliveries_total",
-            "counter",
-            "Packets queued for players.",
-            self.deliveries,
-        );
-        put("ticks_total", "counter", "Worker ticks run.", self.ticks);
-        put(
-            "flushes_total",
-            "counter",
-            "Per-player tick batches handed to sessions.",
-            self.flushes,
-        );
+        }
         out
     }
-}
-
-struct Shared {
-    config: WorldConfig,
-    state: OrderedMutex<State>,
-    counters: Counters,
 }
 
 /// The world server: a [`Handler`]. See the module documentation.
@@ -258,240 +151,88 @@ struct Shared {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct World {
-    shared: Arc<Shared>,
+    state: std::sync::Arc<OrderedMutex<State>>,
+    tick: std::time::Duration,
     router: Router,
 }
 
 impl World {
     /// An empty world.
     pub fn new(config: WorldConfig) -> Self {
-        let shared = Arc::new(Shared {
-            state: OrderedMutex::new(
-                "world",
-                State {
-                    players: HashMap::new(),
-                    grid: Grid::new(config.cell_size),
-                    dirty: Vec::new(),
-                },
-            ),
-            config,
-            counters: Counters::default(),
-        });
-        let (j, m, a) = (shared.clone(), shared.clone(), shared.clone());
+        let tick = config.tick;
+        let state = std::sync::Arc::new(OrderedMutex::new(
+            "world",
+            State {
+                core: Core::new(config),
+                batches: Batches::default(),
+                ticks: 0,
+                flushes: 0,
+            },
+        ));
+        let (j, m, a) = (state.clone(), state.clone(), state.clone());
         let router = Router::new()
-            .fixed(move |s: &Session, p: &Join| j.join(s, p))
-            .fixed(move |s: &Session, p: &Move| m.step(s, p))
-            .fixed(move |s: &Session, p: &Attack| a.attack(s, p));
-        Self { shared, router }
-    }
-
-    /// The world's settings.
-    pub fn config(&self) -> &WorldConfig {
-        &self.shared.config
+            .fixed(move |s: &Session, p: &Join| {
+                let st = &mut *j.lock();
+                let id = s.id().0;
+                // The outbox first: the welcome and the notices go to it.
+                let fresh = !st.batches.outboxes.contains_key(&id);
+                if fresh {
+                    let outbox = Outbox {
+                        session: s.clone(),
+                        pending: Vec::new(),
+                        listed: false,
+                    };
+                    st.batches.outboxes.insert(id, outbox);
+                }
+                let joined = st.core.join(&mut st.batches, id, p, Instant::now());
+                if joined.is_err() && fresh {
+                    st.batches.outboxes.remove(&id);
+                }
+                joined
+            })
+            .fixed(move |s: &Session, p: &Move| {
+                let st = &mut *m.lock();
+                st.core.step(&mut st.batches, s.id().0, p, Instant::now())
+            })
+            .fixed(move |s: &Session, p: &Attack| {
+                let st = &mut *a.lock();
+                st.core.attack(&mut st.batches, s.id().0, p)
+            });
+        Self {
+            state,
+            tick,
+            router,
+        }
     }
 
     /// Sets what the world needs on an engine builder: its tick.
     pub fn configure(&self, builder: Builder) -> Builder {
-        builder.tick(self.shared.config.tick)
+        builder.tick(self.tick)
     }
 
     /// The world's gauges and counters now.
     pub fn snapshot(&self) -> WorldSnapshot {
-        let c = &self.shared.counters;
+        let st = self.state.lock();
         WorldSnapshot {
-            players: self.shared.state.lock().players.len(),
-            joins: c.joins.get(),
-            moves: c.moves.get(),
-            rejected: c.rejected.get(),
-            attacks: c.attacks.get(),
-            chats: c.chats.get(),
-            deliveries: c.deliveries.get(),
-            ticks: c.ticks.get(),
-            flushes: c.flushes.get(),
-        }
-    }
-}
-
-const NOT_JOINED: &str = "join first";
-
-impl Shared {
-    fn join(&self, session: &Session, p: &Join) -> Result<(), PacketError> {
-        if p.protocol.get() != PROTOCOL_VERSION {
-            return Err(PacketError::Invalid {
-                id: Join::ID,
-                what: "unsupported protocol version",
-            });
-        }
-        let id = session.id().0;
-        let c = &self.counters;
-        let mut st = self.state.lock();
-        if st.players.contains_key(&id) {
-            return Err(PacketError::Invalid {
-                id: Join::ID,
-                what: "already joined",
-            });
-        }
-        let body = self.config.spawn(id, Instant::now());
-        let [x, y, z] = body.pos;
-        st.players.insert(
-            id,
-            Player {
-                session: session.clone(),
-                body,
-                pending: Vec::new(),
-                listed: false,
-            },
-        );
-        let cfg = &self.config;
-        let welcome = Welcome {
-            id: U64::new(id),
-            x: F32::new(x),
-            y: F32::new(y),
-            z: F32::new(z),
-            world_size: F32::new(cfg.size),
-            cell_size: F32::new(cfg.cell_size),
-            max_speed: F32::new(cfg.max_speed),
-            tick_ms: U16::new(cfg.tick.as_millis().min(u128::from(u16::MAX)) as u16),
-        }
-        .encode();
-        st.deliver(id, &welcome, c);
-        let v = st.grid.insert(id, (), x, y);
-        st.notify(id, &v, c);
-        c.joins.add(1);
-        Ok(())
-    }
-
-    fn step(&self, session: &Session, m: &Move) -> Result<(), PacketError> {
-        m.check()?;
-        let id = session.id().0;
-        let c = &self.counters;
-        let mut st = self.state.lock();
-        let Some(p) = st.players.get_mut(&id) else {
-            return Err(not_joined(Move::ID));
-        };
-        if let Err(reason) = self.config.step(&mut p.body, m, Instant::now()) {
-            st.reject(id, Move::ID, reason, c);
-            return Ok(());
-        }
-        c.moves.add(1);
-        let moved = Moved {
-            id: U64::new(id),
-            x: m.x,
-            y: m.y,
-            z: m.z,
-            velocity: m.velocity,
-        }
-        .encode();
-        if let Some(v) = st.grid.move_to(id, m.x.get(), m.y.get()) {
-            st.notify(id, &v, c);
-        }
-        st.deliver_near(id, &[&moved], false, c);
-        Ok(())
-    }
-
-    fn attack(&self, session: &Session, a: &Attack) -> Result<(), PacketError> {
-        let id = session.id().0;
-        let target = a.target.get();
-        let c = &self.counters;
-        let mut st = self.state.lock();
-        if !st.players.contains_key(&id) {
-            return Err(not_joined(Attack::ID));
-        }
-        let mut in_range = false;
-        st.grid
-            .for_each_near(id, |other, ()| in_range |= other == target);
-        if !in_range {
-            st.reject(id, Attack::ID, reject::NO_TARGET, c);
-            return Ok(());
-        }
-        c.attacks.add(1);
-        let hit = Attacked {
-            attacker: U64::new(id),
-            target: U64::new(target),
-        }
-        .encode();
-        // Everyone who can see the target, the target itself (the attacker is among them).
-        st.deliver_near(target, &[&hit], true, c);
-        Ok(())
-    }
-
-    /// Relays a chat line: the received payload (channel and text) is queued by reference
-    /// behind a 12-byte prefix naming the speaker.
-    fn chat(
-        &self,
-        session: &Session,
-        line: ChatText<'_>,
-        payload: SendBuffer,
-    ) -> Result<(), PacketError> {
-        let id = session.id().0;
-        let c = &self.counters;
-        let mut st = self.state.lock();
-        let Some(p) = st.players.get_mut(&id) else {
-            return Err(not_joined(Chat::ID));
-        };
-        if let Err(reason) = self.config.chat(&mut p.body, Instant::now()) {
-            st.reject(id, Chat::ID, reason, c);
-            return Ok(());
-        }
-        let prefix = ChatFrom::prefix(id, payload.len()).ok_or(PacketError::Invalid {
-            id: Chat::ID,
-            what: "chat text longer than 512 bytes",
-        })?;
-        c.chats.add(1);
-        if line.channel == channel::GLOBAL {
-            let everyone: Vec<EntityId> = st.players.keys().copied().collect();
-            for to in everyone {
-                st.deliver(to, &prefix, c);
-                st.deliver(to, &payload, c);
-            }
-        } else {
-            st.deliver_near(id, &[&prefix, &payload], true, c);
-        }
-        Ok(())
-    }
-
-    fn leave(&self, session: &Session) {
-        let id = session.id().0;
-        let mut st = self.state.lock();
-        if st.players.remove(&id).is_none() {
-            return;
-        }
-        let v = st.grid.remove(id);
-        let gone = Left { id: U64::new(id) }.encode();
-        for other in v.left {
-            st.deliver(other, &gone, &self.counters);
+            players: st.core.players(),
+            counts: st.core.counts(),
+            ticks: st.ticks,
+            flushes: st.flushes,
         }
     }
 
-    /// Hands each pending list of `worker`'s players to its session.
-    fn tick(&self, worker: usize) {
-        let c = &self.counters;
-        c.ticks.add(1);
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        let Some(dirty) = st.dirty.get_mut(worker) else {
-            return;
-        };
-        let mut ids = std::mem::take(dirty);
-        for &id in &ids {
-            if let Some(p) = st.players.get_mut(&id) {
-                p.listed = false;
-                if !p.pending.is_empty() {
-                    c.flushes.add(1);
-                }
-                // A closed session drops its list: the player leaves at its disconnect.
-                let _ = p.session.send_batch(&mut p.pending);
-            }
-        }
-        ids.clear();
-        st.dirty[worker] = ids;
-    }
-}
-
-fn not_joined(id: u16) -> PacketError {
-    PacketError::Invalid {
-        id,
-        what: NOT_JOINED,
+    fn chat(&self, session: &Session, frame: Frame<'_>) -> Result<(), PacketError> {
+        let line = Chat::decode(frame.payload())?;
+        // The received payload, shared: relayed by reference.
+        let payload = SendBuffer::from(frame.payload_bytes());
+        let st = &mut *self.state.lock();
+        st.core.chat(
+            &mut st.batches,
+            session.id().0,
+            line,
+            &payload,
+            Instant::now(),
+        )
     }
 }
 
@@ -503,21 +244,37 @@ impl Handler for World {
         }
         // Chat is routed here rather than through the router: relaying it by reference needs
         // the frame's shared bytes, not only the decoded view.
-        let result = Chat::decode(frame.payload()).and_then(|line| {
-            let payload = SendBuffer::from(frame.payload_bytes());
-            self.shared.chat(session, line, payload)
-        });
-        if let Err(e) = result {
+        if let Err(e) = self.chat(session, frame) {
             tracing::info!(session = %session.id(), error = %e, "bad packet, closing");
             session.close_with(CloseReason::Packet(e));
         }
     }
 
     fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
-        self.shared.leave(session);
+        let st = &mut *self.state.lock();
+        let id = session.id().0;
+        st.batches.outboxes.remove(&id);
+        st.core.leave(&mut st.batches, id);
     }
 
+    /// Hands each pending list of this worker's players to its session.
     fn on_tick(&self, worker: usize) {
-        self.shared.tick(worker);
+        let st = &mut *self.state.lock();
+        st.ticks += 1;
+        let b = &mut st.batches;
+        let Some(dirty) = b.dirty.get_mut(worker) else {
+            return;
+        };
+        let mut ids = std::mem::take(dirty);
+        for &id in &ids {
+            if let Some(o) = b.outboxes.get_mut(&id) {
+                o.listed = false;
+                st.flushes += u64::from(!o.pending.is_empty());
+                // A closed session drops its list: the player leaves at its disconnect.
+                let _ = o.session.send_batch(&mut o.pending);
+            }
+        }
+        ids.clear();
+        b.dirty[worker] = ids;
     }
 }
