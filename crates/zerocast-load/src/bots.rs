@@ -26,8 +26,11 @@ use zerocast::{Frame, Session};
 
 use crate::stats::Stats;
 
-/// Recent moves a bot remembers for latency matching and range checks (3.2 s at 10 Hz).
-const HISTORY: usize = 32;
+/// Recent moves a bot remembers for latency matching (25 s at 10 Hz: an overloaded server's
+/// late deliveries are still timed, not silently dropped from the figures), and recent
+/// distinct cells for range checks. Lookups search from the newest end, so the depth costs
+/// nothing while the server keeps up.
+const HISTORY: usize = 256;
 /// One move in this many carries a chat line; one chat line in ten is global.
 const CHAT_EVERY: u64 = 100;
 /// Bots walk at this fraction of the server's speed limit.
@@ -141,7 +144,10 @@ impl Bot {
     fn at(&mut self, x: f32, y: f32) {
         self.pos = [x, y, 0.0];
         let c = self.rules.cell(x, y);
-        push_bounded(&mut self.cells, c);
+        // Cells change rarely: keeping distinct ones makes the history span minutes.
+        if self.cells.back() != Some(&c) {
+            push_bounded(&mut self.cells, c);
+        }
     }
 }
 
@@ -311,6 +317,7 @@ impl Bots {
             let near = bot
                 .cells
                 .iter()
+                .rev()
                 .any(|&(rx, ry)| (rx - cx).abs() <= 1 && (ry - cy).abs() <= 1);
             if !near {
                 self.out_of_range.add(1);

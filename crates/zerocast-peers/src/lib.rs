@@ -24,9 +24,12 @@ pub const MAX_FRAME: usize = u16::MAX as usize - SENDER_ID_LEN;
 pub enum Mode {
     Echo,
     Broadcast,
+    /// The world protocol, on the same game logic as `zerocast world`
+    /// (`zerocast::world::Core`): only the naive peer serves it.
+    World,
 }
 
-/// The peers' command line: `peer-X echo|broadcast --listen ADDR`.
+/// The peers' command line: `peer-X echo|broadcast|world --listen ADDR`.
 #[derive(Parser)]
 pub struct PeerArgs {
     #[arg(value_enum)]

@@ -252,7 +252,11 @@ fn chat_nearby_stays_nearby_global_reaches_everyone_and_attacks_need_range() {
     let at_a = a.until(|id, _| id == Rejected::ID);
     let r = Rejected::decode(&at_a.last().unwrap().1).unwrap();
     assert_eq!((r.packet.get(), r.reason), (Attack::ID, reject::NO_TARGET));
-    assert!(wait_until(Duration::from_secs(5), || w.snapshot().counts.attacks == 1));
+    assert!(wait_until(Duration::from_secs(5), || w
+        .snapshot()
+        .counts
+        .attacks
+        == 1));
     drop((a, b, c));
     engine.shutdown();
     assert_no_leaks(&engine);
@@ -277,7 +281,11 @@ fn teleports_and_out_of_world_moves_are_refused_and_the_player_snaps_back() {
     // A walking step still passes: the session is open and the move is accepted.
     let step = if x < 500.0 { x + 1.0 } else { x - 1.0 };
     a.go(step, y);
-    assert!(wait_until(Duration::from_secs(5), || w.snapshot().counts.moves == 1));
+    assert!(wait_until(Duration::from_secs(5), || w
+        .snapshot()
+        .counts
+        .moves
+        == 1));
     assert_eq!(w.snapshot().counts.rejected, 2);
     drop(a);
     engine.shutdown();

@@ -1,15 +1,23 @@
 //! The design zero-copy replaces: every packet is copied into a fresh allocation for every
 //! recipient and written with its own send call. One thread on mio (edge-triggered epoll).
 //! Correct (partial writes are queued and resumed), just not frugal.
+//!
+//! `world` mode runs the same game as `zerocast world` (`zerocast::world::Core`: same rules,
+//! same area of interest, same packets), but sends every event the moment it happens, a copy
+//! per recipient and a write per packet, with no tick.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use zerocast::packet::world::{Attack, Chat, Join, Move};
+use zerocast::packet::{FixedPacket, PacketError, VarPacket};
+use zerocast::world::{Core, Deliver, WorldConfig};
+use zerocast::SendBuffer;
 use zerocast_peers::{announce, frame_size, listener, stop_flag, Mode, PeerArgs, HEADER_LEN};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -98,6 +106,59 @@ fn relayed(sender: u64, frame: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Delivers world packets the naive way: a fresh copy per recipient, written at once.
+struct SendNow<'a> {
+    conns: &'a mut HashMap<Token, Conn>,
+    dead: Vec<Token>,
+}
+
+impl Deliver for SendNow<'_> {
+    fn deliver(&mut self, to: u64, buf: &SendBuffer) {
+        let token = Token(to as usize);
+        if let Some(c) = self.conns.get_mut(&token) {
+            if !c.send_packet(buf.as_bytes().to_vec()) {
+                self.dead.push(token);
+            }
+        }
+    }
+}
+
+/// Decodes one world frame and plays it.
+fn world_frame(
+    core: &mut Core,
+    out: &mut impl Deliver,
+    id: u64,
+    f: &[u8],
+) -> Result<(), PacketError> {
+    let kind = u16::from_le_bytes([f[2], f[3]]);
+    let payload = &f[HEADER_LEN..];
+    let now = Instant::now();
+    match kind {
+        Join::ID => core.join(out, id, Join::decode(payload)?, now),
+        Move::ID => core.step(out, id, Move::decode(payload)?, now),
+        Attack::ID => core.attack(out, id, Attack::decode(payload)?),
+        Chat::ID => {
+            let line = Chat::decode(payload)?;
+            core.chat(out, id, line, &SendBuffer::copy_from_slice(payload), now)
+        }
+        id => Err(PacketError::UnknownId { id }),
+    }
+}
+
+/// Closes `dead` connections; in world mode their players leave, which may find more dead.
+fn close_all(conns: &mut HashMap<Token, Conn>, core: &mut Core, mut dead: Vec<Token>) {
+    while let Some(t) = dead.pop() {
+        if conns.remove(&t).is_some() {
+            let mut out = SendNow {
+                conns,
+                dead: Vec::new(),
+            };
+            core.leave(&mut out, t.0 as u64);
+            dead.append(&mut out.dead);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = PeerArgs::parse();
     let stop = stop_flag()?;
@@ -112,6 +173,11 @@ fn main() -> anyhow::Result<()> {
     let mut next = 1u64;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; 64 * 1024];
+    // Events are sent at once: no tick (the welcome says 0 ms).
+    let mut world = Core::new(WorldConfig {
+        tick: Duration::ZERO,
+        ..WorldConfig::default()
+    });
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
             if e.kind() == ErrorKind::Interrupted {
@@ -153,7 +219,7 @@ fn main() -> anyhow::Result<()> {
                 Some(Vec::new())
             };
             let Some(frames) = frames else {
-                conns.remove(&token);
+                close_all(&mut conns, &mut world, vec![token]);
                 continue;
             };
             match args.mode {
@@ -182,6 +248,25 @@ fn main() -> anyhow::Result<()> {
                     for t in dead {
                         conns.remove(&t);
                     }
+                }
+                Mode::World => {
+                    let id = conn.id;
+                    let mut out = SendNow {
+                        conns: &mut conns,
+                        dead: Vec::new(),
+                    };
+                    for f in &frames {
+                        // A malformed packet closes its connection, as in zerocast.
+                        if world_frame(&mut world, &mut out, id, f).is_err() {
+                            alive = false;
+                            break;
+                        }
+                    }
+                    let mut dead = out.dead;
+                    if !alive {
+                        dead.push(token);
+                    }
+                    close_all(&mut conns, &mut world, dead);
                 }
             }
         }

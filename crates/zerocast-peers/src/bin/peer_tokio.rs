@@ -108,6 +108,9 @@ async fn broadcast(stream: TcpStream, id: u64, clients: Clients) -> std::io::Res
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = PeerArgs::parse();
+    if args.mode == Mode::World {
+        anyhow::bail!("peer-tokio serves echo and broadcast; the world peer is peer-naive");
+    }
     let std_listener = listener(args.listen)?;
     announce(&std_listener)?;
     let listener = TcpListener::from_std(std_listener)?;
@@ -128,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                         let id = next.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(broadcast(stream, id, clients.clone()));
                     }
+                    Mode::World => unreachable!("refused at start"),
                 }
             }
             _ = term.recv() => break,
