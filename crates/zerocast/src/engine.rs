@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::driver::epoll::Worker;
-use crate::driver::{Command, WorkerShared};
+use crate::driver::{epoll, uring, Command, Worker, WorkerShared};
 use crate::frame::{Decoder, LengthPrefixed};
 use crate::metrics::{Metrics, Snapshot};
 use crate::session::queue::SendQueue;
@@ -70,6 +69,75 @@ pub struct Config {
     /// real work shows in [`Snapshot::busy_ns`]. For dedicated, pinned cores (the load
     /// generator uses it). Default `false`.
     pub busy_poll: bool,
+    /// The event loop: epoll, io_uring, or io_uring where the kernel allows it. Default
+    /// [`Backend::Auto`], unless the `ZEROCAST_BACKEND` environment variable says `epoll` or
+    /// `uring` (how CI runs the whole test suite on each).
+    pub backend: Backend,
+}
+
+/// Which event loop the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Edge-triggered epoll: readiness, then a system call per read and per write.
+    Epoll,
+    /// io_uring: completions, receive buffers picked by the kernel when data arrives, one
+    /// `io_uring_enter` per loop turn. Building an engine fails if the kernel cannot do it.
+    Uring,
+    /// io_uring if the kernel supports every operation the backend needs, otherwise epoll,
+    /// with a log line saying why (io_uring can be disabled by sysctl or seccomp).
+    #[default]
+    Auto,
+}
+
+impl Backend {
+    /// `epoll`, `uring` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::Uring => "uring",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Parses [`name`](Self::name)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "epoll" => Some(Self::Epoll),
+            "uring" | "io_uring" => Some(Self::Uring),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+
+    fn from_env() -> Self {
+        std::env::var("ZEROCAST_BACKEND")
+            .ok()
+            .and_then(|v| Self::parse(&v))
+            .unwrap_or_default()
+    }
+
+    /// The backend `self` resolves to on this kernel.
+    ///
+    /// # Errors
+    /// [`Backend::Uring`] on a kernel that cannot run it.
+    pub fn resolve(self) -> io::Result<Self> {
+        match self {
+            Self::Epoll => Ok(Self::Epoll),
+            Self::Uring => uring::probe().map(|()| Self::Uring).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the io_uring backend cannot run here: {e}"),
+                )
+            }),
+            Self::Auto => match uring::probe() {
+                Ok(()) => Ok(Self::Uring),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring unavailable, using epoll");
+                    Ok(Self::Epoll)
+                }
+            },
+        }
+    }
 }
 
 impl Default for Config {
@@ -91,6 +159,7 @@ impl Default for Config {
             send_buffer: None,
             tick: None,
             busy_poll: false,
+            backend: Backend::from_env(),
         }
     }
 }
@@ -169,6 +238,12 @@ impl Builder {
     /// Busy-poll mode; see [`Config::busy_poll`].
     pub fn busy_poll(mut self, on: bool) -> Self {
         self.config.busy_poll = on;
+        self
+    }
+
+    /// The event loop ([`Backend`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.config.backend = backend;
         self
     }
 
@@ -260,13 +335,18 @@ impl Engine {
             accepted_open: AtomicUsize::new(0),
             config,
         });
+        let backend = ctx.config.backend.resolve()?;
+        tracing::debug!(backend = backend.name(), "engine starting");
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for i in 0..ctx.config.workers.max(1) {
             let shared = Arc::new(WorkerShared::new(i)?);
-            let worker = Worker::new(shared.clone(), ctx.clone())?;
             let cpu =
                 (!ctx.config.cpus.is_empty()).then(|| ctx.config.cpus[i % ctx.config.cpus.len()]);
+            // The worker is built on its own thread (an io_uring instance then lives and dies
+            // with the one thread that submits to it); a build error comes back here.
+            let (ready, built) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
+            let (sh, cx) = (shared.clone(), ctx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("zerocast-worker-{i}"))
                 .spawn(move || {
@@ -275,8 +355,23 @@ impl Engine {
                             tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
                         }
                     }
-                    worker.run();
+                    let worker = match backend {
+                        Backend::Uring => uring::Worker::new(sh, cx).map(Worker::Uring),
+                        _ => epoll::Worker::new(sh, cx).map(Worker::Epoll),
+                    };
+                    match worker {
+                        Ok(w) => {
+                            let _ = ready.send(Ok(()));
+                            w.run();
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
                 })?;
+            built
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("worker thread died while starting")))?;
             workers.push(shared);
             threads.push(thread);
         }

@@ -48,7 +48,7 @@ mod sys;
 pub mod world;
 
 pub use buffer::SendBuffer;
-pub use engine::{Builder, Config, Engine};
+pub use engine::{Backend, Builder, Config, Engine};
 pub use group::Group;
 pub use handler::{Frame, Handler};
 pub use metrics::Snapshot;

@@ -1,25 +1,26 @@
-//! Connection slots addressed by epoll tokens.
+//! Connection slots addressed by tokens (epoll event data, io_uring user data).
 //!
 //! A token is `generation << 32 | index`. A slot's generation changes every time it is freed,
 //! so an event or command still carrying the token of a closed session finds nothing instead
-//! of a newer session in the same slot.
+//! of a newer session in the same slot. Generations wrap below 2^24, so a token stays below
+//! 2^56 and the io_uring backend keeps the operation kind in the top byte of its user data.
 
 /// Tokens at or above this value are reserved for the worker's own descriptors.
-pub(super) const RESERVED: u64 = u64::MAX - 1024;
+pub(crate) const RESERVED: u64 = u64::MAX - 1024;
 
 struct Slot<T> {
     generation: u32,
     value: Option<T>,
 }
 
-pub(super) struct Slab<T> {
+pub(crate) struct Slab<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
     len: usize,
 }
 
 impl<T> Slab<T> {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
@@ -28,7 +29,7 @@ impl<T> Slab<T> {
     }
 
     /// Stores `value` built from its token; returns the token.
-    pub(super) fn insert_with(&mut self, f: impl FnOnce(u64) -> T) -> u64 {
+    pub(crate) fn insert_with(&mut self, f: impl FnOnce(u64) -> T) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -53,27 +54,27 @@ impl<T> Slab<T> {
         (u64::from(slot.generation) == token >> 32 && slot.value.is_some()).then_some(index)
     }
 
-    pub(super) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
         let i = self.locate(token)?;
         self.slots[i].value.as_mut()
     }
 
-    pub(super) fn remove(&mut self, token: u64) -> Option<T> {
+    pub(crate) fn remove(&mut self, token: u64) -> Option<T> {
         let i = self.locate(token)?;
         let slot = &mut self.slots[i];
         // Skip generations that would put the token in the reserved range.
-        slot.generation = (slot.generation + 1) % (u32::MAX - 1);
+        slot.generation = (slot.generation + 1) % (1 << 24);
         self.free.push(i as u32);
         self.len -= 1;
         slot.value.take()
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Every live value with its token.
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
         self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
             let token = (u64::from(s.generation) << 32) | i as u64;
             s.value.as_mut().map(|v| (token, v))
@@ -81,7 +82,7 @@ impl<T> Slab<T> {
     }
 
     /// Every live token.
-    pub(super) fn tokens(&self) -> Vec<u64> {
+    pub(crate) fn tokens(&self) -> Vec<u64> {
         self.slots
             .iter()
             .enumerate()

@@ -179,6 +179,20 @@ fn setsockopt_int(
     .map(drop)
 }
 
+/// The address of a connected socket's peer.
+pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<std::net::SocketAddr> {
+    socket2::SockRef::from(fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))
+}
+
+/// Puts a socket in blocking mode: io_uring then waits for readiness inside the kernel instead
+/// of completing an operation with `EAGAIN`.
+pub(crate) fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
+    socket2::SockRef::from(fd).set_nonblocking(false)
+}
+
 /// Turns Nagle's algorithm off: game traffic is small and latency-bound.
 pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)

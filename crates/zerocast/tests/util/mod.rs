@@ -66,7 +66,10 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
+            Err(e) => {
+                eprintln!("closed_by_peer: read failed: {e}");
+                return false;
+            }
         }
     }
 }

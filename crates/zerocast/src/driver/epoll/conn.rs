@@ -1,52 +1,34 @@
 //! One connection's I/O state, and the worker's read and write paths.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::Worker;
 use crate::buffer::SendBuffer;
+use crate::driver::common::{Batch, RecvState, Timing, MAX_PENDING_HINT};
 use crate::driver::WorkerShared;
 use crate::engine::EngineCtx;
-use crate::frame::{checked, Decoded, FrameError};
-use crate::handler::Frame;
 use crate::session;
 use crate::session::queue::SendQueue;
 use crate::session::{CloseReason, Session};
 use crate::sys::{self, IoVecs};
 
-/// Most bytes one `sendmsg` carries.
-const MAX_WRITE: usize = 1024 * 1024;
-/// Send deque capacity (in buffers) kept across drains; more is released once the queue empties.
-const BATCH_KEEP: usize = 1024;
 /// A read into the shared chunk needs at least this much room.
 const MIN_READ: usize = 4096;
-/// Output a turn may queue before the worker writes it, between reads. 8 MiB: with 1,000
-/// recipients of a 76-byte relay that is a write every ~110 frames per recipient. 1 MiB cut
-/// coalescing so far that a single core no longer kept up with 500 broadcasting clients
-/// (1.75M instead of 2.5M deliveries/s); 32 MiB gained little over 8 and doubled the memory.
-const TURN_OUTPUT_BUDGET: usize = 8 * 1024 * 1024;
 
 /// I/O state of one session, owned by its worker.
 ///
-/// Invariants:
-/// - `pending` holds only the start of one incomplete frame (never a complete one); it is
-///   empty, with no capacity, while no frame is split across reads, so an idle session holds no
-///   receive memory.
-/// - `draining` is true iff this worker holds the session's send flag and owes it a flush: the
-///   batch (and queue) are written on the next writable event or command.
-/// - `head_written < batch[0].len()` whenever `batch` is non-empty.
+/// Invariant: `draining` is true iff this worker holds the session's send flag and owes it a
+/// flush: the batch (and queue) are written on the next writable event or command. (The
+/// receive and batch invariants are on [`RecvState`] and [`Batch`].)
 pub(super) struct Conn {
     fd: OwnedFd,
     pub(super) session: Session,
-    pending: BytesMut,
-    /// Total length the incomplete frame in `pending` needs.
-    pending_total: usize,
-    batch: VecDeque<SendBuffer>,
-    head_written: usize,
+    rx: RecvState,
+    batch: Batch,
     pub(super) draining: bool,
     /// The peer half-closed, hung up or errored (RDHUP, HUP, ERR): read until end of stream
     /// or error, never stop at a short read, or the edge that announced it is lost.
@@ -55,13 +37,7 @@ pub(super) struct Conn {
     pub(super) eof: bool,
     /// Set with `eof`: the session closes with this reason once its queue is flushed.
     pub(super) after_flush: Option<CloseReason>,
-    /// Accepted (not connected by us): deadlines apply.
-    pub(super) accepted: bool,
-    /// When the last complete frame arrived (or the session opened, before the first).
-    pub(super) last_frame: Instant,
-    pub(super) got_frame: bool,
-    /// Since when the session's queued bytes exceed the soft limit.
-    pub(super) over_soft_since: Option<Instant>,
+    pub(super) timing: Timing,
 }
 
 impl Conn {
@@ -69,18 +45,13 @@ impl Conn {
         Self {
             fd,
             session,
-            pending: BytesMut::new(),
-            pending_total: 0,
-            batch: VecDeque::new(),
-            head_written: 0,
+            rx: RecvState::default(),
+            batch: Batch::default(),
             draining: false,
             hup: false,
             eof: false,
             after_flush: None,
-            accepted,
-            last_frame: now,
-            got_frame: false,
-            over_soft_since: None,
+            timing: Timing::new(accepted, now),
         }
     }
 
@@ -142,7 +113,7 @@ impl Worker {
     /// and latency run away. With it, output waiting in memory stays under the budget; the
     /// backlog stays in the kernel's socket buffers, where TCP pushes back on the senders.
     fn bound_turn_output(&mut self) {
-        if session::queued_by_thread() > TURN_OUTPUT_BUDGET {
+        if session::queued_by_thread() > crate::driver::TURN_OUTPUT_BUDGET {
             session::take_queued_by_thread();
             self.ctx.metrics.budget_flushes.add(1);
             self.run_commands();
@@ -178,7 +149,7 @@ impl Worker {
             return Ok(Read::Done);
         }
         let fd = conn.fd.as_raw_fd();
-        let (result, asked) = if conn.pending.is_empty() {
+        let (result, asked) = if conn.rx.pending.is_empty() {
             // Common case: read into the worker's shared chunk.
             let size = recv.size().max(MIN_READ);
             let (mem, fresh) = recv.spare(MIN_READ);
@@ -193,13 +164,14 @@ impl Worker {
             // Reserve at most one hint's worth per read: a decoder's `NeedMore` comes from
             // peer-controlled bytes, and a huge claim must not become a huge allocation (or a
             // capacity-overflow panic) before the bytes actually arrive.
-            let need = conn
+            let rx = &mut conn.rx;
+            let need = rx
                 .pending_total
-                .saturating_sub(conn.pending.len())
+                .saturating_sub(rx.pending.len())
                 .clamp(1, MAX_PENDING_HINT);
-            conn.pending.reserve(need);
-            let asked = conn.pending.capacity() - conn.pending.len();
-            let result = sys::recv(fd, &mut conn.pending, asked).map(|n| (n, Bytes::new()));
+            rx.pending.reserve(need);
+            let asked = rx.pending.capacity() - rx.pending.len();
+            let result = sys::recv(fd, &mut rx.pending, asked).map(|n| (n, Bytes::new()));
             (result, asked)
         };
         let (n, data) = match result {
@@ -213,14 +185,11 @@ impl Worker {
         }
         ctx.metrics.bytes_in.add(n as i64);
         let delivered = if data.is_empty() {
-            deliver_pending(ctx, conn)?
+            conn.rx.deliver_pending(ctx, &conn.session)?
         } else {
-            deliver_chunk(ctx, conn, &data)?
+            conn.rx.deliver_chunk(ctx, &conn.session, &data)?
         };
-        if delivered > 0 {
-            conn.got_frame = true;
-            conn.last_frame = *now;
-        }
+        conn.timing.frames(delivered, *now);
         // A short read drained the socket: new data raises a new edge. Not so for an end of
         // stream that arrived with the data (see `hup`).
         Ok(if n < asked && !conn.hup {
@@ -244,7 +213,7 @@ impl Worker {
         };
         conn.eof = true;
         conn.after_flush.get_or_insert(reason);
-        conn.pending = BytesMut::new();
+        conn.rx = RecvState::default();
         if conn.draining {
             return; // the flush in progress closes the session when done
         }
@@ -268,32 +237,21 @@ impl Worker {
         conn.draining = true;
         let queue = &conn.session.shared.queue;
         let outcome = loop {
-            if conn.batch.is_empty() {
-                queue.take(&mut conn.batch);
-                if conn.batch.is_empty() {
+            if conn.batch.bufs.is_empty() {
+                queue.take(&mut conn.batch.bufs);
+                if conn.batch.bufs.is_empty() {
                     if queue.finish() {
                         continue;
                     }
                     conn.draining = false;
-                    if conn.batch.capacity() > BATCH_KEEP {
-                        // A burst grew the deque; don't pin its peak size for the session's
-                        // life (the queue's deque is swapped for this one on the next take).
-                        conn.batch = VecDeque::new();
-                    }
+                    conn.batch.shrink();
                     break match conn.after_flush.take() {
                         Some(reason) => Err(reason),
                         None => Ok(()),
                     };
                 }
             }
-            match write_batch(
-                queue,
-                &conn.fd,
-                &mut conn.batch,
-                &mut conn.head_written,
-                iov,
-                ctx,
-            ) {
+            match write_batch(queue, &conn.fd, &mut conn.batch, iov, ctx) {
                 Ok(true) => continue,
                 Ok(false) => break Ok(()), // socket full: wait for EPOLLOUT, keep the flag
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -311,28 +269,12 @@ impl Worker {
 fn write_batch(
     queue: &SendQueue<SendBuffer>,
     fd: &OwnedFd,
-    batch: &mut VecDeque<SendBuffer>,
-    head_written: &mut usize,
+    batch: &mut Batch,
     iov: &mut IoVecs,
     ctx: &EngineCtx,
 ) -> io::Result<bool> {
     let iov = iov.start();
-    let mut offered = 0;
-    for (i, buf) in batch.iter().enumerate() {
-        if iov.len() == sys::IOV_MAX || offered >= MAX_WRITE {
-            break;
-        }
-        let skip = if i == 0 { *head_written } else { 0 };
-        let part = &buf[skip..];
-        if part.is_empty() {
-            continue;
-        }
-        iov.push(libc::iovec {
-            iov_base: part.as_ptr().cast_mut().cast(),
-            iov_len: part.len(),
-        });
-        offered += part.len();
-    }
+    let offered = batch.fill(iov, sys::IOV_MAX);
     let written = if iov.is_empty() {
         0
     } else {
@@ -350,112 +292,12 @@ fn write_batch(
         }
     };
     // Release what the kernel has taken.
-    let mut left = written + *head_written;
-    let mut done = 0;
-    while let Some(front) = batch.front() {
-        if front.len() > left {
-            break;
-        }
-        left -= front.len();
-        batch.pop_front();
-        done += 1;
-    }
-    *head_written = left;
-    let m = &ctx.metrics;
-    if written > 0 {
-        m.writes.add(1);
-        m.bytes_out.add(written as i64);
-        queue.written(written);
-    }
-    m.frames_out.add(done);
+    batch.release(written, queue, ctx);
     // A short write means the socket buffer is full; the kernel then flags the socket so that
     // freeing space raises a new EPOLLOUT edge, and retrying now would only return EAGAIN.
     if written < offered {
-        m.writes_blocked.add(1);
+        ctx.metrics.writes_blocked.add(1);
         return Ok(false);
     }
     Ok(true)
-}
-
-/// Delivers the frames in `data`, freshly read into the shared chunk. A trailing incomplete
-/// frame is copied into the session's `pending` buffer (the only copy on the receive path,
-/// bounded by one frame).
-fn deliver_chunk(ctx: &EngineCtx, conn: &mut Conn, data: &Bytes) -> Result<usize, CloseReason> {
-    let mut off = 0;
-    let mut delivered = 0;
-    while off < data.len() {
-        if conn.session.is_closing() {
-            break;
-        }
-        match next_frame(ctx, &data[off..])? {
-            Decoded::Frame { len, header, id } => {
-                deliver(ctx, &conn.session, id, data, off..off + len, header)?;
-                delivered += 1;
-                off += len;
-            }
-            Decoded::NeedMore { total } => {
-                let tail = &data[off..];
-                let mut pending =
-                    BytesMut::with_capacity(total.min(MAX_PENDING_HINT).max(tail.len()));
-                pending.put_slice(tail);
-                conn.pending = pending;
-                conn.pending_total = total;
-                break;
-            }
-        }
-    }
-    Ok(delivered)
-}
-
-/// Capacity reserved up front for a frame split across reads; larger frames grow as they come.
-const MAX_PENDING_HINT: usize = 64 * 1024;
-
-/// Delivers the frames completed in `pending`, each split off as its own shared view.
-fn deliver_pending(ctx: &EngineCtx, conn: &mut Conn) -> Result<usize, CloseReason> {
-    let mut delivered = 0;
-    while !conn.pending.is_empty() {
-        if conn.session.is_closing() {
-            return Ok(delivered);
-        }
-        match next_frame(ctx, &conn.pending)? {
-            Decoded::Frame { len, header, id } => {
-                let data = conn.pending.split_to(len).freeze();
-                deliver(ctx, &conn.session, id, &data, 0..len, header)?;
-                delivered += 1;
-            }
-            Decoded::NeedMore { total } => {
-                conn.pending_total = total;
-                return Ok(delivered);
-            }
-        }
-    }
-    // Nothing split any more: give the memory back so an idle session holds none.
-    conn.pending = BytesMut::new();
-    Ok(delivered)
-}
-
-fn next_frame(ctx: &EngineCtx, buf: &[u8]) -> Result<Decoded, CloseReason> {
-    ctx.decoder
-        .decode(buf)
-        .and_then(|d| checked(d, buf.len()))
-        .map_err(|e: FrameError| CloseReason::Protocol(e))
-}
-
-/// Hands one frame to the handler. A panic in the handler closes this session only.
-fn deliver(
-    ctx: &EngineCtx,
-    session: &Session,
-    id: u16,
-    data: &Bytes,
-    range: std::ops::Range<usize>,
-    header: usize,
-) -> Result<(), CloseReason> {
-    ctx.metrics.frames_in.add(1);
-    let frame = Frame::new(id, data, range, header);
-    // AssertUnwindSafe: after a panic the engine touches nothing the handler was using; the
-    // session is closed and the handler's own state is the application's to judge.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ctx.handler.on_frame(session, frame)
-    }))
-    .map_err(|p| CloseReason::from_panic(&*p))
 }

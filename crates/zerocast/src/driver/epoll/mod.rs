@@ -11,18 +11,16 @@
 //! (four alternating runs each).
 
 mod conn;
-mod slab;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::slab::{Slab, RESERVED};
 use conn::Conn;
-use slab::{Slab, RESERVED};
 
-use super::{Command, WorkerShared};
+use super::{common, Command, WorkerShared};
 use crate::buffer::{self, RecvChunk};
 use crate::engine::EngineCtx;
 use crate::session::{CloseReason, Session};
@@ -203,17 +201,9 @@ impl Worker {
         }
     }
 
-    /// Runs the handler's tick. A panic is logged and the tick keeps running next time: it
-    /// belongs to no session that could be closed for it.
     fn tick(&mut self) {
-        if self.shutdown_at.is_some() {
-            return;
-        }
-        let handler = &self.ctx.handler;
-        let index = self.shared.index;
-        // AssertUnwindSafe: the engine's state is not touched by the handler.
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.on_tick(index))) {
-            tracing::error!(worker = index, reason = %CloseReason::from_panic(&*p), "on_tick panicked");
+        if self.shutdown_at.is_none() {
+            common::tick(&self.ctx, self.shared.index);
         }
     }
 
@@ -299,10 +289,7 @@ impl Worker {
                     if let Err(e) = sys::set_nodelay(sock.as_raw_fd()) {
                         tracing::debug!(error = %e, "TCP_NODELAY failed");
                     }
-                    self.ctx.metrics.accepted.add(1);
-                    if !self.ctx.admit() {
-                        self.ctx.metrics.rejected.add(1);
-                        tracing::debug!(%peer, reason = %CloseReason::TooManyConnections, "connection refused");
+                    if !common::admit(&self.ctx) {
                         drop(sock);
                         continue;
                     }
@@ -368,59 +355,18 @@ impl Worker {
             session.shared.retire();
             return;
         }
-        let m = &self.ctx.metrics;
-        m.connections_open.add(1);
-        tracing::trace!(session = %session.id(), peer = %session.peer_addr(), "session opened");
-        let handler = &self.ctx.handler;
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.on_connect(&session))) {
-            self.close(token, CloseReason::from_panic(&*p));
-            return;
+        if let Err(reason) = common::opened(&self.ctx, &session) {
+            self.close(token, reason);
         }
-        self.ctx.registry.insert(session);
     }
 
     fn close(&mut self, token: u64, reason: CloseReason) {
         let Some(conn) = self.conns.remove(token) else {
             return;
         };
-        if conn.accepted {
-            self.ctx.release();
-        }
-        // Order matters to observers: the reason is counted before the socket closes (a peer
-        // that sees the close sees it counted), `connections_open` drops after (whoever sees
-        // zero open sessions sees every socket closed).
-        let m = &self.ctx.metrics;
-        let session = &conn.session;
-        match &reason {
-            CloseReason::Protocol(_) => {
-                m.protocol_errors.add(1);
-                tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
-            }
-            CloseReason::SlowConsumer => {
-                m.slow_consumers.add(1);
-                tracing::info!(session = %session.id(), %reason, "session closed");
-            }
-            CloseReason::FirstFrameTimeout | CloseReason::IdleTimeout => {
-                m.timeouts.add(1);
-                tracing::debug!(session = %session.id(), %reason, "session closed");
-            }
-            CloseReason::Io(_) | CloseReason::HandlerPanic(_) => {
-                tracing::info!(session = %session.id(), %reason, "session closed")
-            }
-            _ => tracing::debug!(session = %session.id(), %reason, "session closed"),
-        }
+        common::closing(&self.ctx, &conn.session, &reason, conn.timing.accepted);
         let session = conn.close();
-        m.connections_open.add(-1);
-        m.closed.add(1);
-        let handler = &self.ctx.handler;
-        if catch_unwind(AssertUnwindSafe(|| {
-            handler.on_disconnect(&session, &reason)
-        }))
-        .is_err()
-        {
-            tracing::error!(session = %session.id(), "handler panicked in on_disconnect");
-        }
-        self.ctx.registry.remove(session.id());
+        common::closed(&self.ctx, &session, &reason);
     }
 
     /// Closes sessions past their deadlines and slow consumers past their grace period.
@@ -430,28 +376,8 @@ impl Worker {
         let now = self.now;
         let mut expired = std::mem::take(&mut self.expired);
         for (token, conn) in self.conns.iter_mut() {
-            if conn.accepted {
-                let silent = now.duration_since(conn.last_frame);
-                let deadline = if conn.got_frame {
-                    cfg.idle_timeout.map(|t| (t, CloseReason::IdleTimeout))
-                } else {
-                    cfg.first_frame_timeout
-                        .map(|t| (t, CloseReason::FirstFrameTimeout))
-                };
-                if let Some((limit, reason)) = deadline {
-                    if silent >= limit {
-                        expired.push((token, reason));
-                        continue;
-                    }
-                }
-            }
-            if conn.session.queued_bytes() > cfg.soft_queued_bytes {
-                let since = *conn.over_soft_since.get_or_insert(now);
-                if now.duration_since(since) >= cfg.slow_consumer_grace {
-                    expired.push((token, CloseReason::SlowConsumer));
-                }
-            } else {
-                conn.over_soft_since = None;
+            if let Some(reason) = conn.timing.expired(cfg, now, conn.session.queued_bytes()) {
+                expired.push((token, reason));
             }
         }
         for (token, reason) in expired.drain(..) {
