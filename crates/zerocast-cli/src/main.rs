@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
 use zerocast::world::World;
-use zerocast::{frame::Raw, Builder, Engine};
+use zerocast::{frame::Raw, Backend, Builder, Engine};
 
 mod demo;
 mod load;
@@ -80,6 +80,30 @@ struct ServerArgs {
     /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     drain: f64,
+    /// Event loop: epoll, uring (io_uring), or auto (io_uring where the kernel supports it,
+    /// else epoll, logging why) [default: auto, or the ZEROCAST_BACKEND environment variable].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Kernel send buffer per socket in bytes (SO_SNDBUF) [default: the kernel autotunes].
+    #[arg(long, value_name = "BYTES")]
+    send_buffer: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Epoll,
+    Uring,
+    Auto,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Epoll => Backend::Epoll,
+            BackendArg::Uring => Backend::Uring,
+            BackendArg::Auto => Backend::Auto,
+        }
+    }
 }
 
 /// The world's rules (defaults: `zerocast::world::WorldConfig::default()`).
@@ -127,6 +151,12 @@ impl ServerArgs {
         let mut b = Engine::builder()
             .max_frame(self.max_frame)
             .pin_cpus(self.cpus.clone());
+        if let Some(backend) = self.backend {
+            b = b.backend(backend.into());
+        }
+        if let Some(bytes) = self.send_buffer {
+            b = b.send_buffer(bytes);
+        }
         if let Some(n) = self.workers {
             b = b.workers(n);
         }
@@ -179,6 +209,7 @@ fn serve(
         .listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
+    tracing::info!(backend = engine.backend().name(), "serving");
     if let Some(m) = args.metrics {
         let bound = metrics_http::serve(m, engine.clone(), extra)
             .with_context(|| format!("cannot serve metrics on {m}"))?;

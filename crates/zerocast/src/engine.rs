@@ -310,6 +310,7 @@ impl EngineCtx {
 /// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown) and the workers are joined.
 pub struct Engine {
     ctx: Arc<EngineCtx>,
+    backend: Backend,
     workers: Vec<Arc<WorkerShared>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_worker: AtomicUsize,
@@ -319,6 +320,12 @@ impl Engine {
     /// A builder with default settings.
     pub fn builder() -> Builder {
         Builder::default()
+    }
+
+    /// The event loop the workers run: [`Backend::Epoll`] or [`Backend::Uring`] (what
+    /// [`Backend::Auto`] resolved to).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     fn start(config: Config, handler: Arc<dyn Handler>) -> io::Result<Self> {
@@ -336,7 +343,11 @@ impl Engine {
             config,
         });
         let backend = ctx.config.backend.resolve()?;
-        tracing::debug!(backend = backend.name(), "engine starting");
+        tracing::info!(
+            backend = backend.name(),
+            workers = ctx.config.workers.max(1),
+            "engine starting"
+        );
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for i in 0..ctx.config.workers.max(1) {
@@ -377,6 +388,7 @@ impl Engine {
         }
         Ok(Self {
             ctx,
+            backend,
             workers,
             threads: Mutex::new(threads),
             next_worker: AtomicUsize::new(0),

@@ -92,6 +92,7 @@ pub struct Metrics {
     pub(crate) recv_chunks_allocated: Striped,
     pub(crate) busy_ns: Striped,
     pub(crate) budget_flushes: Striped,
+    pub(crate) recv_buffer_waits: Striped,
 }
 
 /// A point-in-time copy of the counters.
@@ -135,6 +136,9 @@ pub struct Snapshot {
     /// queued more than its per-turn output budget (8 MiB): a sign of fan-out bursts or of a
     /// worker falling behind.
     pub budget_flushes: i64,
+    /// io_uring: receives paused because no provided buffer was free (ring-full
+    /// back-pressure: the data waits in the socket until buffers come back).
+    pub recv_buffer_waits: i64,
     /// Process-wide: live [`SendBuffer`](crate::SendBuffer) handles.
     pub live_send_buffers: i64,
     /// Process-wide: pooled send chunks with bytes still lent out.
@@ -159,7 +163,7 @@ impl Snapshot {
     /// prefixed `zerocast_`, for a `/metrics` endpoint.
     pub fn to_prometheus(&self) -> String {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, f64); 20] = [
+        let rows: [(&str, &str, &str, f64); 21] = [
             (
                 "connections_open",
                 "gauge",
@@ -257,6 +261,12 @@ impl Snapshot {
                 self.budget_flushes as f64,
             ),
             (
+                "recv_buffer_waits_total",
+                "counter",
+                "io_uring receives paused because no provided buffer was free.",
+                self.recv_buffer_waits as f64,
+            ),
+            (
                 "busy_seconds_total",
                 "counter",
                 "Time workers spent in turns with work.",
@@ -299,7 +309,7 @@ impl std::fmt::Display for Snapshot {
              bytes_out={} writes={} writes_blocked={} msgs_per_write={:.2} protocol_errors={} \
              rejected={} timeouts={} slow_consumers={} \
              live_send_buffers={} chunks_in_use={} chunks_allocated={} recv_chunks_allocated={} \
-             busy_s={:.3} budget_flushes={}",
+             busy_s={:.3} budget_flushes={} recv_buffer_waits={}",
             self.connections_open,
             self.accepted,
             self.connected,
@@ -321,6 +331,7 @@ impl std::fmt::Display for Snapshot {
             self.recv_chunks_allocated,
             self.busy_ns as f64 / 1e9,
             self.budget_flushes,
+            self.recv_buffer_waits,
         )
     }
 }
@@ -346,6 +357,7 @@ impl Metrics {
             recv_chunks_allocated: self.recv_chunks_allocated.get(),
             busy_ns: self.busy_ns.get(),
             budget_flushes: self.budget_flushes.get(),
+            recv_buffer_waits: self.recv_buffer_waits.get(),
             live_send_buffers: LIVE_SEND_BUFFERS.get(),
             chunks_in_use: CHUNKS_IN_USE.get(),
             chunks_allocated: CHUNKS_ALLOCATED.get(),
@@ -371,8 +383,8 @@ mod tests {
         );
         assert!(text.contains("zerocast_messages_per_write 2.5\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 20);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 20);
+        assert_eq!(samples.len(), 21);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 21);
         for line in samples {
             let (name, value) = line.split_once(' ').unwrap();
             assert!(

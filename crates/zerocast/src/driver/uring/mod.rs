@@ -561,6 +561,7 @@ impl Worker {
             0 => self.close_after_flush(token, CloseReason::PeerClosed),
             n if -n == libc::ENOBUFS => {
                 // Ring full: back-pressure. The data waits in the socket.
+                self.ctx.metrics.recv_buffer_waits.add(1);
                 self.starved.push(token);
             }
             n if -n == libc::ECANCELED => {}
