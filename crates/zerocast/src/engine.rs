@@ -61,7 +61,7 @@ pub struct Config {
     /// the backlog and the kernel memory per connection.
     pub send_buffer: Option<usize>,
     /// Call [`Handler::on_tick`](crate::Handler::on_tick) on every worker this often (a
-    /// timerfd per worker). Default `None`: no tick.
+    /// timerfd per worker on epoll, the wait's timeout on io_uring). Default `None`: no tick.
     pub tick: Option<Duration>,
     /// Workers never sleep: they poll their sockets (and check the tick's clock) in a loop.
     /// Lowest latency and no wake-up cost (no timer interrupts, no wake-up IPIs from peers),

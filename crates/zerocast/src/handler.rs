@@ -81,7 +81,9 @@ impl<'a> Frame<'a> {
         &self.data[self.frame.0..self.frame.1]
     }
 
-    /// The payload as shared bytes (no copy).
+    /// The payload as shared bytes (no copy). On the io_uring backend the view keeps its
+    /// 4 KiB receive buffer out of the kernel's ring until it drops: relay it or send it, but
+    /// copy what you keep for long.
     pub fn payload_bytes(&self) -> Bytes {
         self.data.slice(self.payload_start..self.frame.1)
     }

@@ -3,8 +3,8 @@
 //! Two rules from the classic C++ IOCP/epoll game-server core: **don't copy data, refer to
 //! it**, and **don't block, wait for events**.
 //!
-//! - Workers: one thread per core, each with its own edge-triggered epoll instance; a session
-//!   lives on one worker.
+//! - Workers: one thread per core, each with its own io_uring instance or edge-triggered epoll
+//!   instance ([`Backend`]); a session lives on one worker.
 //! - Receive: sockets are read straight into a worker's pooled chunk, frames are parsed in
 //!   place and handlers get borrowed [`Frame`] views; relaying a frame shares its memory.
 //! - Send: a [`SendBuffer`] is encoded once and queued on any number of sessions by reference;
