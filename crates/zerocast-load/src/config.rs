@@ -86,6 +86,10 @@ pub struct LoadConfig {
     pub busy_poll: bool,
     /// Open loop: the workers' tick period (`None`: chosen from the rate).
     pub tick: Option<Duration>,
+    /// The generator's own event loop. Default epoll, whatever the servers use: its busy
+    /// accounting (`generator_busy`) separates waiting from working, which io_uring does in
+    /// one system call.
+    pub backend: zerocast::Backend,
 }
 
 /// Smallest message: a framed message holds the header and an 8-byte timestamp.
@@ -114,6 +118,7 @@ impl LoadConfig {
             drain: Duration::from_secs(2),
             busy_poll: true,
             tick: None,
+            backend: zerocast::Backend::Epoll,
         }
     }
 

@@ -417,7 +417,8 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
     let mut builder = Engine::builder()
         .workers(cfg.workers)
         .pin_cpus(cfg.cpus.clone())
-        .busy_poll(cfg.busy_poll);
+        .busy_poll(cfg.busy_poll)
+        .backend(cfg.backend);
     let tick = handler
         .open_loop
         .as_ref()

@@ -252,6 +252,9 @@ impl Worker {
             } else {
                 Some(self.sleep_for())
             };
+            // Busy-polling, the enter call does not wait: the work inside it (sends, receives
+            // the kernel runs for us) counts as busy time.
+            let turn_start = Instant::now();
             let result = match wait {
                 None => self.ring.submit(),
                 Some(d) => {
@@ -309,10 +312,11 @@ impl Worker {
             }
             buffer::reclaim_thread_pool();
             if worked {
+                let since = if busy_poll { turn_start } else { self.now };
                 self.ctx
                     .metrics
                     .busy_ns
-                    .add(self.now.elapsed().as_nanos() as i64);
+                    .add(since.elapsed().as_nanos() as i64);
             }
             if self.exit && self.in_flight == 0 {
                 break;
