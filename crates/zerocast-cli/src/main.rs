@@ -81,7 +81,7 @@ struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     drain: f64,
     /// Event loop: epoll, uring (io_uring), or auto (io_uring where the kernel supports it,
-    /// else epoll, logging why) [default: auto, or the ZEROCAST_BACKEND environment variable].
+    /// else epoll, logging why) [default: epoll, or the ZEROCAST_BACKEND environment variable].
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
     /// Kernel send buffer per socket in bytes (SO_SNDBUF) [default: the kernel autotunes].

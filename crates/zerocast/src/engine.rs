@@ -70,22 +70,24 @@ pub struct Config {
     /// generator uses it). Default `false`.
     pub busy_poll: bool,
     /// The event loop: epoll, io_uring, or io_uring where the kernel allows it. Default
-    /// [`Backend::Auto`], unless the `ZEROCAST_BACKEND` environment variable says `epoll` or
-    /// `uring` (how CI runs the whole test suite on each).
+    /// [`Backend::Epoll`], unless the `ZEROCAST_BACKEND` environment variable says `uring` or
+    /// `auto` (how CI runs the whole test suite on each). Epoll is the default because it
+    /// measured ahead here (docs/BENCHMARKS.md, "io_uring against epoll").
     pub backend: Backend,
 }
 
 /// Which event loop the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// Edge-triggered epoll: readiness, then a system call per read and per write.
+    /// Edge-triggered epoll: readiness, then a system call per read and per write. The
+    /// default.
+    #[default]
     Epoll,
     /// io_uring: completions, receive buffers picked by the kernel when data arrives, one
     /// `io_uring_enter` per loop turn. Building an engine fails if the kernel cannot do it.
     Uring,
     /// io_uring if the kernel supports every operation the backend needs, otherwise epoll,
     /// with a log line saying why (io_uring can be disabled by sysctl or seccomp).
-    #[default]
     Auto,
 }
 

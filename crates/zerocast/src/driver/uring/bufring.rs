@@ -29,7 +29,13 @@ pub(super) struct BufRing {
     tail: u16,
     held: Vec<Bytes>,
     lent: Vec<u16>,
+    /// Where the next `recycle` starts looking in `lent`.
+    cursor: usize,
+    scratch: Vec<usize>,
 }
+
+/// Lent buffers `recycle` looks at per call.
+const SCAN: usize = 256;
 
 // SAFETY: the descriptor ring is private memory shared only with the kernel, written only by
 // the worker that owns this `BufRing` (it moves to its thread before any receive is armed).
@@ -68,6 +74,8 @@ impl BufRing {
             tail: 0,
             held,
             lent: Vec::new(),
+            cursor: 0,
+            scratch: Vec::new(),
         };
         // SAFETY: `entries` is page aligned and `count` entries long, and stays allocated until
         // `Drop`, which runs after the io_uring instance is gone (the worker drops its ring
@@ -108,21 +116,36 @@ impl BufRing {
         }
     }
 
-    /// Puts every lent buffer whose views have all dropped back in the ring. Returns how many.
+    /// Puts lent buffers whose views have all dropped back in the ring. Returns how many.
+    ///
+    /// Looks at no more than [`SCAN`] lent buffers per call, continuing where the last call
+    /// stopped: a fan-out keeps thousands of buffers lent for a while, and checking every one
+    /// on every loop turn cost more than the fan-out itself.
     pub(super) fn recycle(&mut self) -> usize {
-        let mut back = 0;
-        let mut i = 0;
-        while i < self.lent.len() {
-            let bid = self.lent[i];
+        let n = self.lent.len();
+        if n == 0 {
+            return 0;
+        }
+        let window = n.min(SCAN);
+        let start = self.cursor % n;
+        let mut free = std::mem::take(&mut self.scratch);
+        for j in 0..window {
+            let i = (start + j) % n;
             // Acquire (inside `is_unique`): every read through a dropped view happened before.
-            if self.held[usize::from(bid)].is_unique() {
-                self.lent.swap_remove(i);
-                self.push(bid);
-                back += 1;
-            } else {
-                i += 1;
+            if self.held[usize::from(self.lent[i])].is_unique() {
+                free.push(i);
             }
         }
+        self.cursor = start + window;
+        // Highest index first: `swap_remove` then never moves an index still to be removed.
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        let back = free.len();
+        for &i in &free {
+            let bid = self.lent.swap_remove(i);
+            self.push(bid);
+        }
+        free.clear();
+        self.scratch = free;
         if back > 0 {
             self.publish();
         }

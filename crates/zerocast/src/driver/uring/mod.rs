@@ -54,6 +54,9 @@ const BUFFER_SIZE: usize = 4096;
 const RING_ENTRIES: u32 = 4096;
 /// iovecs per `sendmsg`.
 const MAX_IOV: usize = 1024;
+/// Completions handled per chunk, and chunks per turn.
+const CHUNK: usize = 256;
+const MAX_CHUNKS: usize = 64;
 
 /// What a completion is about: the kind in the top 8 bits of `user_data`, a slab token (below
 /// 2^56) or a listener index in the rest.
@@ -134,8 +137,8 @@ pub(crate) struct Worker {
     accept_idle: Vec<usize>,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
-    /// Sessions whose receive stopped for want of buffers.
-    starved: Vec<u64>,
+    /// Sessions whose receive stopped for want of buffers, in the order they stopped.
+    starved: std::collections::VecDeque<u64>,
     /// Operations submitted whose final completion has not arrived yet.
     in_flight: usize,
     /// Connections not closed (the slab also holds closed ones awaiting completions).
@@ -202,7 +205,7 @@ impl Worker {
             accept_idle: Vec::new(),
             accept_paused_until: None,
             last_accept_warning: None,
-            starved: Vec::new(),
+            starved: std::collections::VecDeque::new(),
             in_flight: 0,
             open: 0,
             wake_armed: false,
@@ -273,17 +276,28 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            let mut worked = !cqes.is_empty();
-            for (ud, res, flags) in cqes.drain(..) {
-                self.complete(ud, res, flags);
+            // Completions in chunks: a budget flush (below) submits sends in the middle of the
+            // turn, and their completions, arriving behind the receives already waiting, must
+            // be seen in the same turn for the next sends to go out.
+            let mut worked = false;
+            for _ in 0..MAX_CHUNKS {
+                cqes.extend(
+                    self.ring
+                        .completion()
+                        .take(CHUNK)
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
+                if cqes.is_empty() {
+                    break;
+                }
+                worked = true;
+                for (ud, res, flags) in cqes.drain(..) {
+                    self.complete(ud, res, flags);
+                }
             }
-            if self.bufs.recycle() > 0 {
-                self.feed_starved();
+            let returned = self.bufs.recycle();
+            if returned > 0 {
+                self.feed_starved(returned);
             }
             if self.next_tick.is_some_and(|t| self.now >= t) {
                 let period = self.ctx.config.tick.unwrap_or(TICK);
@@ -517,10 +531,14 @@ impl Worker {
         self.in_flight += 1;
     }
 
-    /// Re-arms the receives that stopped for want of buffers, now that some came back.
-    fn feed_starved(&mut self) {
-        for token in std::mem::take(&mut self.starved) {
-            self.arm_recv(token);
+    /// Re-arms receives that stopped for want of buffers, oldest first, one per buffer that
+    /// came back: re-arming them all at once would have most fail again at once (a storm of
+    /// `ENOBUFS` completions that collapsed a 1,000-client broadcast).
+    fn feed_starved(&mut self, returned: usize) {
+        for _ in 0..returned.min(self.starved.len()) {
+            if let Some(token) = self.starved.pop_front() {
+                self.arm_recv(token);
+            }
         }
     }
 
@@ -566,7 +584,7 @@ impl Worker {
             n if -n == libc::ENOBUFS => {
                 // Ring full: back-pressure. The data waits in the socket.
                 self.ctx.metrics.recv_buffer_waits.add(1);
-                self.starved.push(token);
+                self.starved.push_back(token);
             }
             n if -n == libc::ECANCELED => {}
             n => {
@@ -577,11 +595,19 @@ impl Worker {
     }
 
     /// As on epoll: once this turn's frames have queued more than the budget, write it out.
+    ///
+    /// Writes here are submitted, not made, so the budget flush also enters the kernel at once:
+    /// io_uring attempts each `sendmsg` inline at submission, so what fits in the sockets is
+    /// written before the turn reads more, as on epoll. Without this a broadcast burst to
+    /// 1,000 clients queued gigabytes before the first send went out.
     fn bound_turn_output(&mut self) {
         if session::queued_by_thread() > super::TURN_OUTPUT_BUDGET {
             session::take_queued_by_thread();
             self.ctx.metrics.budget_flushes.add(1);
             self.run_commands();
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!(error = %e, "mid-turn submit failed");
+            }
         }
     }
 

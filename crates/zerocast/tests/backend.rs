@@ -1,0 +1,53 @@
+//! Choosing the event loop: explicit choices are honoured (or refused with a reason), `auto`
+//! resolves to one of them, and either serves the same traffic.
+
+mod util;
+
+use std::io::{Read, Write};
+
+use util::*;
+use zerocast::servers::Echo;
+use zerocast::{Backend, Engine};
+
+fn echo_once(engine: &Engine, addr: std::net::SocketAddr) {
+    let mut s = connect(addr);
+    let f = frame(7, b"which loop?");
+    s.write_all(&f).unwrap();
+    let mut back = vec![0u8; f.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, f, "{:?}", engine.backend());
+}
+
+#[test]
+fn explicit_backends_are_honoured_and_auto_picks_one() {
+    let _g = serial();
+    for choice in [Backend::Epoll, Backend::Uring, Backend::Auto] {
+        let built = Engine::builder().workers(1).backend(choice).build(Echo);
+        let engine = match (choice, built) {
+            (_, Ok(e)) => e,
+            (Backend::Uring, Err(e)) => {
+                // A kernel without io_uring: refused, saying why.
+                assert!(e.to_string().contains("io_uring"), "{e}");
+                continue;
+            }
+            (_, Err(e)) => panic!("{choice:?}: {e}"),
+        };
+        match choice {
+            Backend::Auto => assert_ne!(engine.backend(), Backend::Auto),
+            c => assert_eq!(engine.backend(), c),
+        }
+        let addr = engine.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        echo_once(&engine, addr);
+        engine.shutdown();
+        assert_no_leaks(&engine);
+    }
+}
+
+#[test]
+fn backend_names_round_trip() {
+    for b in [Backend::Epoll, Backend::Uring, Backend::Auto] {
+        assert_eq!(Backend::parse(b.name()), Some(b));
+    }
+    assert_eq!(Backend::parse("io_uring"), Some(Backend::Uring));
+    assert_eq!(Backend::parse("kqueue"), None);
+}
