@@ -96,7 +96,9 @@ fn two_hundred_clients_each_receive_every_frame_once_in_order() {
 
 /// 50 clients each send 200 KiB of frames at once: relayed to everyone that is 500 MB of
 /// output. The worker must write it out between reads (the per-turn output budget) instead of
-/// reading every burst first and holding its whole fan-out in memory.
+/// reading every burst first and holding its whole fan-out in memory. On io_uring, where
+/// writes are submitted rather than made, that means handling the sends' completions before
+/// the next receive.
 #[test]
 fn a_fan_out_burst_is_written_while_it_is_read() {
     const N: usize = 50;
@@ -134,6 +136,8 @@ fn a_fan_out_burst_is_written_while_it_is_read() {
     let m = engine.metrics();
     assert!(m.budget_flushes > 0, "{m}");
     let grew = rss_bytes().saturating_sub(rss_before);
-    assert!(grew < 96 << 20, "RSS grew {} MiB", grew >> 20);
+    // Measured here: epoll and io_uring grow about 7 MiB; io_uring before its budget flush
+    // handled send completions at once (one `sendmsg` per session per round trip) grew 40.
+    assert!(grew < 24 << 20, "RSS grew {} MiB: {m}", grew >> 20);
     assert_no_leaks(&engine);
 }
