@@ -55,6 +55,34 @@ use crate::session::{CloseReason, Session};
 use crate::sync::lock;
 use crate::sys;
 
+/// How a worker runs the commands posted to it; both backends share the loop.
+pub(crate) trait RunCommands {
+    /// The worker's command vector: the inbox is taken into it, and it keeps its capacity.
+    fn scratch(&mut self) -> &mut Vec<Command>;
+
+    /// Carries out one command.
+    fn command(&mut self, cmd: Command);
+
+    /// Runs posted commands until none are left (handlers may post more while they run).
+    /// Returns whether there was any.
+    fn run_commands(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut cmds = std::mem::take(self.scratch());
+            WorkerShared::take_local(&mut cmds);
+            if cmds.is_empty() {
+                *self.scratch() = cmds;
+                return any;
+            }
+            any = true;
+            for cmd in cmds.drain(..) {
+                self.command(cmd);
+            }
+            *self.scratch() = cmds;
+        }
+    }
+}
+
 /// Work posted to a worker.
 pub(crate) enum Command {
     /// Start accepting on this listener.

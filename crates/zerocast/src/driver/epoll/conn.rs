@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::Worker;
 use crate::buffer::SendBuffer;
 use crate::driver::common::{Batch, RecvState, Timing, MAX_PENDING_HINT};
-use crate::driver::WorkerShared;
+use crate::driver::{RunCommands, WorkerShared};
 use crate::engine::EngineCtx;
 use crate::session;
 use crate::session::queue::SendQueue;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::slab::{Slab, RESERVED};
 use conn::Conn;
 
-use super::{common, Command, WorkerShared};
+use super::{common, Command, RunCommands, WorkerShared};
 use crate::buffer::{self, RecvChunk};
 use crate::engine::EngineCtx;
 use crate::session::{CloseReason, Session};
@@ -207,67 +207,6 @@ impl Worker {
         }
     }
 
-    /// Runs posted commands until none are left (handlers may post more while they run).
-    /// Returns whether there was any.
-    fn run_commands(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut cmds = std::mem::take(&mut self.commands);
-            WorkerShared::take_local(&mut cmds);
-            if cmds.is_empty() {
-                self.commands = cmds;
-                return any;
-            }
-            any = true;
-            for cmd in cmds.drain(..) {
-                self.command(cmd);
-            }
-            self.commands = cmds;
-        }
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Listen(fd) => {
-                let token = LISTENERS - self.listeners.len() as u64;
-                match self.epoll.add(fd.as_raw_fd(), sys::epoll::READ, token) {
-                    Ok(()) => {
-                        self.listeners.push(fd);
-                        self.accept(self.listeners.len() - 1);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot watch listener"),
-                }
-            }
-            Command::Register(fd, session) => {
-                if self.shutdown_at.is_some() {
-                    drop(fd);
-                    session.shared.retire();
-                } else {
-                    self.register(fd, session, false);
-                }
-            }
-            Command::Flush(session) => {
-                if let Some(token) = self.token_of(&session) {
-                    self.flush(token);
-                }
-            }
-            Command::Close(session, reason) => {
-                if let Some(token) = self.token_of(&session) {
-                    self.close(token, reason);
-                }
-            }
-            Command::Shutdown(deadline) => {
-                self.listeners.clear();
-                self.shutdown_at = Some(deadline.unwrap_or(self.now));
-                if deadline.is_some() {
-                    for token in self.conns.tokens() {
-                        self.close_after_flush(token, CloseReason::Shutdown);
-                    }
-                }
-            }
-        }
-    }
-
     /// The slot of `session` in this worker, if it is still open here.
     fn token_of(&mut self, session: &Session) -> Option<u64> {
         let token = session.shared.token.load(Ordering::Relaxed);
@@ -384,5 +323,53 @@ impl Worker {
             self.close(token, reason);
         }
         self.expired = expired;
+    }
+}
+
+impl RunCommands for Worker {
+    fn scratch(&mut self) -> &mut Vec<Command> {
+        &mut self.commands
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Listen(fd) => {
+                let token = LISTENERS - self.listeners.len() as u64;
+                match self.epoll.add(fd.as_raw_fd(), sys::epoll::READ, token) {
+                    Ok(()) => {
+                        self.listeners.push(fd);
+                        self.accept(self.listeners.len() - 1);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot watch listener"),
+                }
+            }
+            Command::Register(fd, session) => {
+                if self.shutdown_at.is_some() {
+                    drop(fd);
+                    session.shared.retire();
+                } else {
+                    self.register(fd, session, false);
+                }
+            }
+            Command::Flush(session) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.flush(token);
+                }
+            }
+            Command::Close(session, reason) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.close(token, reason);
+                }
+            }
+            Command::Shutdown(deadline) => {
+                self.listeners.clear();
+                self.shutdown_at = Some(deadline.unwrap_or(self.now));
+                if deadline.is_some() {
+                    for token in self.conns.tokens() {
+                        self.close_after_flush(token, CloseReason::Shutdown);
+                    }
+                }
+            }
+        }
     }
 }

@@ -35,7 +35,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::common::{self, Batch, RecvState, Timing};
 use super::slab::Slab;
-use super::{Command, WorkerShared};
+use super::{Command, RunCommands, WorkerShared};
 use crate::buffer;
 use crate::engine::EngineCtx;
 use crate::session::{self, CloseReason, Session};
@@ -797,21 +797,35 @@ impl Worker {
 
     // --- commands and housekeeping -------------------------------------------------------
 
-    fn run_commands(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut cmds = std::mem::take(&mut self.commands);
-            WorkerShared::take_local(&mut cmds);
-            if cmds.is_empty() {
-                self.commands = cmds;
-                return any;
+    /// The slot of `session` in this worker, if it is still open here.
+    fn token_of(&mut self, session: &Session) -> Option<u64> {
+        let token = session.shared.token.load(Ordering::Relaxed);
+        let c = self.conns.get_mut(token)?;
+        (c.session == *session && !c.closed).then_some(token)
+    }
+
+    fn housekeeping(&mut self) {
+        let cfg = &self.ctx.config;
+        let now = self.now;
+        let mut expired = std::mem::take(&mut self.expired);
+        for (token, c) in self.conns.iter_mut() {
+            if c.closed {
+                continue;
             }
-            any = true;
-            for cmd in cmds.drain(..) {
-                self.command(cmd);
+            if let Some(reason) = c.timing.expired(cfg, now, c.session.queued_bytes()) {
+                expired.push((token, reason));
             }
-            self.commands = cmds;
         }
+        for (token, reason) in expired.drain(..) {
+            self.close(token, reason);
+        }
+        self.expired = expired;
+    }
+}
+
+impl RunCommands for Worker {
+    fn scratch(&mut self) -> &mut Vec<Command> {
+        &mut self.commands
     }
 
     fn command(&mut self, cmd: Command) {
@@ -855,30 +869,5 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// The slot of `session` in this worker, if it is still open here.
-    fn token_of(&mut self, session: &Session) -> Option<u64> {
-        let token = session.shared.token.load(Ordering::Relaxed);
-        let c = self.conns.get_mut(token)?;
-        (c.session == *session && !c.closed).then_some(token)
-    }
-
-    fn housekeeping(&mut self) {
-        let cfg = &self.ctx.config;
-        let now = self.now;
-        let mut expired = std::mem::take(&mut self.expired);
-        for (token, c) in self.conns.iter_mut() {
-            if c.closed {
-                continue;
-            }
-            if let Some(reason) = c.timing.expired(cfg, now, c.session.queued_bytes()) {
-                expired.push((token, reason));
-            }
-        }
-        for (token, reason) in expired.drain(..) {
-            self.close(token, reason);
-        }
-        self.expired = expired;
     }
 }
