@@ -185,7 +185,8 @@ fn stalled_readers_are_closed_and_the_healthy_keep_their_latency() {
             );
             assert_eq!(o.other_closed, 0, "no healthy session was closed");
             assert!(
-                o.rss_growth < 64 << 20,
+                // AddressSanitizer's quarantine keeps freed memory resident (see .ci/run).
+                cfg!(zerocast_asan) || o.rss_growth < 64 << 20,
                 "RSS grew {} MiB",
                 o.rss_growth >> 20
             );

@@ -138,6 +138,10 @@ fn a_fan_out_burst_is_written_while_it_is_read() {
     let grew = rss_bytes().saturating_sub(rss_before);
     // Measured here: epoll and io_uring grow about 7 MiB; io_uring before its budget flush
     // handled send completions at once (one `sendmsg` per session per round trip) grew 40.
-    assert!(grew < 24 << 20, "RSS grew {} MiB: {m}", grew >> 20);
+    assert!(
+        !RSS_BOUNDS || grew < 24 << 20,
+        "RSS grew {} MiB: {m}",
+        grew >> 20
+    );
     assert_no_leaks(&engine);
 }
