@@ -112,10 +112,16 @@ impl Backend {
     }
 
     fn from_env() -> Self {
-        std::env::var("ZEROCAST_BACKEND")
-            .ok()
-            .and_then(|v| Self::parse(&v))
-            .unwrap_or_default()
+        let Ok(v) = std::env::var("ZEROCAST_BACKEND") else {
+            return Self::default();
+        };
+        Self::parse(&v).unwrap_or_else(|| {
+            tracing::warn!(
+                value = %v,
+                "ZEROCAST_BACKEND is not epoll, uring or auto: ignored, using the default"
+            );
+            Self::default()
+        })
     }
 
     /// The backend `self` resolves to on this kernel.
@@ -128,17 +134,30 @@ impl Backend {
             Self::Uring => uring::probe().map(|()| Self::Uring).map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("the io_uring backend cannot run here: {e}"),
+                    format!("the io_uring backend cannot run here: {}", why_no_uring(&e)),
                 )
             }),
             Self::Auto => match uring::probe() {
                 Ok(()) => Ok(Self::Uring),
                 Err(e) => {
-                    tracing::info!(error = %e, "io_uring unavailable, using epoll");
+                    tracing::info!(reason = %why_no_uring(&e), "io_uring unavailable, using epoll");
                     Ok(Self::Epoll)
                 }
             },
         }
+    }
+}
+
+/// The probe's error with what usually causes it, for the operator reading the log.
+fn why_no_uring(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "{e}: the kernel.io_uring_disabled sysctl or a seccomp profile (as in containers) \
+             forbids io_uring"
+        ),
+        Some(libc::ENOSYS) => format!("{e}: this kernel has no io_uring"),
+        Some(libc::ENOMEM) => format!("{e}: locked memory limit too low for the rings"),
+        _ => e.to_string(),
     }
 }
 
