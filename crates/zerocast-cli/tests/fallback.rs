@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 /// `AUDIT_ARCH_X86_64` from `<linux/audit.h>` (not in the libc crate).
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
@@ -93,27 +95,7 @@ fn listening(child: &mut Child) -> Option<String> {
 
 /// SIGTERM, a clean exit, and everything the process wrote on stderr.
 fn stop(mut child: Child) -> String {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let end = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = common::terminate(&mut child, Duration::from_secs(10));
     assert!(status.success(), "exit {status}: {err}");
     err
 }
@@ -162,13 +144,7 @@ fn uring_refuses_to_start_where_io_uring_is_forbidden_with_the_reason() {
     let mut child = spawn("uring", true);
     assert_eq!(listening(&mut child), None, "no listener without io_uring");
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = common::stderr_of(&mut child);
     assert!(!status.success());
     assert!(
         err.contains("the io_uring backend cannot run here") && err.contains("seccomp"),

@@ -1,0 +1,50 @@
+//! Helpers shared by the tests that run the real `zerocast` binary.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Sends SIGTERM (through `kill`, on every Linux machine), waits up to `timeout` for the exit,
+/// and returns the status with everything the process wrote on stderr (which must be piped).
+pub fn terminate(child: &mut Child, timeout: Duration) -> (ExitStatus, String) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {}", child.id());
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "server did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, stderr_of(child))
+}
+
+/// The rest of what `child` wrote on its piped stderr.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns its last value.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
