@@ -18,10 +18,21 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Nanoseconds from `earlier` to `later`, or 0 if `later` is not after it.
+///
+/// Every difference of two timestamps in the generator goes through here. A timestamp another
+/// thread took may be *newer* than one this thread read a moment before (a worker stamps a
+/// receive after the drain loop read the clock): plain subtraction then underflows, which
+/// panics in a debug build and wraps to ~584 years in a release build.
+#[inline]
+pub fn since(earlier: u64, later: u64) -> u64 {
+    later.saturating_sub(earlier)
+}
+
 /// Sleeps until `deadline` (a [`now_ns`] value), returning at once if it has passed.
 pub fn sleep_until(deadline: u64) {
-    let now = now_ns();
-    if deadline > now {
-        std::thread::sleep(std::time::Duration::from_nanos(deadline - now));
+    let wait = since(now_ns(), deadline);
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(wait));
     }
 }
