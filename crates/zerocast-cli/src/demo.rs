@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,9 +30,31 @@ pub struct DemoArgs {
     /// Port for the world server on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Print the final report as JSON instead of text.
+    /// Print the final report as one JSON document on stdout (the live lines go to stderr).
     #[arg(long)]
     json: bool,
+}
+
+impl DemoArgs {
+    /// Checks every setting before anything starts.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.bots == 0 || self.bots > 16_000 {
+            bail!("--bots must be between 1 and 16000 (one process's share of descriptors)");
+        }
+        if !(self.duration.is_finite() && self.duration >= 1.0) {
+            bail!("--duration must be at least 1 second of measurement");
+        }
+        if !(self.hz > 0.0 && self.hz <= 30.0) {
+            bail!(
+                "--hz must be above 0 and at most 30 (the world refuses more than 30 moves a \
+                 second from one player)"
+            );
+        }
+        if !(self.ramp.is_finite() && self.ramp > 0.0) {
+            bail!("--ramp must be a positive number of bots per second");
+        }
+        Ok(())
+    }
 }
 
 /// The world server child; killed if the demo ends early.
@@ -43,7 +65,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(port: u16, cpus: &[usize]) -> anyhow::Result<Self> {
+    /// Starts the server; its log lines (warnings) go to `log`, so they never land in the
+    /// middle of the table.
+    fn start(port: u16, cpus: &[usize], log: mpsc::Sender<String>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the zerocast executable")?;
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -62,12 +86,13 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start the world server")?;
-        // The server's warnings pass through; its closing counters line is the summary's job.
+        // The server's warnings are kept for after the table; its closing counters line is
+        // the summary's job.
         if let Some(stderr) = child.stderr.take() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if !line.starts_with("final ") {
-                        eprintln!("server: {line}");
+                    if !line.starts_with("final ") && log.send(line).is_err() {
+                        return;
                     }
                 }
             });
@@ -155,19 +180,49 @@ struct Metrics {
     deliveries: f64,
 }
 
-pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
-    if args.bots == 0 || args.bots > 16_000 {
-        bail!("--bots must be between 1 and 16000 (one process's share of descriptors)");
+/// What the demo prints as JSON with `--json`: the generator's report and the server's side.
+#[derive(serde::Serialize)]
+struct DemoJson<'a> {
+    report: &'a Report,
+    /// Packets the server wrote per write system call, over the whole run.
+    server_messages_per_write: Option<f64>,
+    /// Share of the machine's CPU time the hypervisor gave to other guests during the run.
+    cpu_steal: Option<f64>,
+    /// Why the run's figures cannot be trusted (empty: they can); the exit status is 1 if any.
+    problems: Vec<String>,
+    /// What made the figures noisy, if anything.
+    noise: Vec<String>,
+}
+
+/// Writes the live table to stdout, or to stderr when stdout carries the JSON document.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn line(&self, text: &str) {
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
     }
+}
+
+pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let out = Out { json: args.json };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (server_cpus, bot_cpus) = if cpus >= 2 {
         (vec![0], vec![1])
     } else {
         (Vec::new(), Vec::new())
     };
-    let server = Server::start(args.port, &server_cpus)?;
+    let (log_tx, log_rx) = mpsc::channel();
+    let server = Server::start(args.port, &server_cpus, log_tx)?;
     let rss_start = procfs::sample(Some(server.pid()))?.rss_bytes;
-    println!(
+    let steal_start = procfs::cpu_steal().ok();
+    out.line(&format!(
         "world server on {} (pid {}, {}); {} bots moving {} times a second, {} s of measurement",
         server.addr,
         server.pid(),
@@ -179,46 +234,53 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
         args.bots,
         args.hz,
         args.duration
-    );
+    ));
+    out.line(COLUMNS);
+    out.line(&format!(
+        "{:>6}  {:<9}  {:>7}  {:>12}  {:>21}  {:>10}  {:>10}",
+        "time",
+        "phase",
+        "players",
+        "deliveries/s",
+        "p99 (last 1 s / all)",
+        "mem/conn",
+        "msgs/write"
+    ));
 
     let mut cfg = LoadConfig::new(Scenario::World, server.addr, args.bots);
     cfg.pace = Pace::Rate {
         per_sec: args.hz * args.bots as f64,
     };
     cfg.ramp = args.ramp;
-    cfg.duration =
-        Duration::try_from_secs_f64(args.duration).context("--duration must be seconds")?;
+    cfg.duration = Duration::from_secs_f64(args.duration);
     cfg.warmup = Duration::from_secs(1);
     cfg.cpus = bot_cpus;
     cfg.server_pid = Some(server.pid());
+    cfg.progress_every = Duration::from_secs(1);
     // The bots sleep between events: the demo shares the machine with whatever else runs.
     cfg.busy_poll = false;
 
-    let progress: Arc<Mutex<Option<Progress>>> = Arc::default();
-    let load = {
-        let progress = progress.clone();
-        std::thread::spawn(move || {
-            zerocast_load::run(&cfg, &mut |p| {
-                *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(*p);
-            })
+    let (progress_tx, progress_rx) = mpsc::channel::<Progress>();
+    let load = std::thread::spawn(move || {
+        zerocast_load::run(&cfg, &mut |p| {
+            let _ = progress_tx.send(*p);
         })
-    };
+    });
     let mut last = (Instant::now(), 0u64, server.metrics().unwrap_or_default());
-    while !load.is_finished() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.0.elapsed() < Duration::from_secs(1) {
-            continue;
-        }
-        let Some(p) = *progress.lock().unwrap_or_else(|e| e.into_inner()) else {
-            continue;
-        };
+    // One line per progress report (once a second), until the run ends.
+    for p in progress_rx {
         let m = server.metrics().unwrap_or(last.2);
         let rss = procfs::sample(Some(server.pid())).map_or(0, |s| s.rss_bytes);
         let dt = last.0.elapsed().as_secs_f64();
-        println!(
-            "{}",
-            live_line(&p, &m, &last.2, p.received - last.1, dt, rss, rss_start)
-        );
+        out.line(&live_line(
+            &p,
+            &m,
+            &last.2,
+            p.received.saturating_sub(last.1),
+            dt,
+            rss,
+            rss_start,
+        ));
         last = (Instant::now(), p.received, m);
     }
     let report = load
@@ -226,13 +288,40 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the bots' thread panicked"))??;
     let m = server.metrics().unwrap_or_default();
     server.stop()?;
+    let steal = steal_start.and_then(|(s0, t0)| {
+        let (s1, t1) = procfs::cpu_steal().ok()?;
+        Some((s1 - s0) as f64 / (t1 - t0).max(1) as f64)
+    });
+    let problems = report.problems(zerocast_load::DEFAULT_MAX_FAILED);
+    let noise = noise(&report, steal);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let doc = DemoJson {
+            report: &report,
+            server_messages_per_write: (m.writes > 0.0).then(|| m.frames_out / m.writes),
+            cpu_steal: steal,
+            problems: problems.clone(),
+            noise,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        summary(&report, &m);
+        summary(&report, &m, &noise);
     }
-    Ok(())
+    let logs: Vec<String> = log_rx.try_iter().collect();
+    if !logs.is_empty() {
+        eprintln!("\nserver log ({} lines):", logs.len());
+        for l in logs {
+            eprintln!("  {l}");
+        }
+    }
+    crate::load::fail_on_problems(&problems)
 }
+
+const COLUMNS: &str = "\
+columns: time since the demo started; players in the world; deliveries/s = moves the bots
+received from other players in that second; p99 = the slowest 1 % of those deliveries, over the
+last second and over the whole measurement (a move waits for the world tick, 50 ms, before it is
+sent); mem/conn = the server's memory growth per player; msgs/write = packets the server puts in
+each write system call (more is cheaper).";
 
 fn live_line(
     p: &Progress,
@@ -251,70 +340,106 @@ fn live_line(
     };
     let writes = m.writes - before.writes;
     let per_write = if writes > 0.0 {
-        (m.frames_out - before.frames_out) / writes
+        format!("{:.1}", (m.frames_out - before.frames_out) / writes)
     } else {
-        0.0
+        "-".to_owned()
     };
-    let per_conn = if m.players > 0.0 {
-        rss.saturating_sub(rss_start) as f64 / m.players
+    // While bots are still joining, the server's start-up memory dominates: no figure yet.
+    let per_conn = if m.players > 0.0 && p.phase != Phase::Connecting {
+        format!("{:.0} B", rss.saturating_sub(rss_start) as f64 / m.players)
     } else {
-        0.0
+        "-".to_owned()
     };
-    format!(
-        "{phase:>9} {:>5.1}s  players {:>5}  deliveries/s {:>9.0}  p99 {:>7}  server memory/conn {:>6.0} B  messages/write {:>5.1}",
-        p.elapsed_s,
-        m.players,
-        received as f64 / dt,
-        if p.p99_us > 0.0 {
-            format!("{:.1} ms", p.p99_us / 1e3)
+    let ms = |us: f64| {
+        if us > 0.0 {
+            format!("{:.1} ms", us / 1e3)
         } else {
             "-".to_owned()
-        },
-        per_conn,
-        per_write,
+        }
+    };
+    format!(
+        "{:>5.1}s  {phase:<9}  {:>7}  {:>12.0}  {:>21}  {per_conn:>10}  {per_write:>10}",
+        p.run_s,
+        m.players,
+        received as f64 / dt.max(1e-3),
+        format!("{} / {}", ms(p.p99_interval_us), ms(p.p99_us)),
     )
 }
 
-fn summary(r: &Report, m: &Metrics) {
+/// What made this run's figures noisy: CPU stolen by the hypervisor, or the bots' own core
+/// saturated (then the latency includes the generator's delay).
+fn noise(r: &Report, steal: Option<f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(s) = steal.filter(|s| *s >= 0.05) {
+        out.push(format!(
+            "CPU steal was {:.0} %: the hypervisor gave this machine's CPUs to other guests for \
+             that share of the run, which delays both the server and the bots",
+            s * 100.0
+        ));
+    }
+    if r.generator.cpu_util >= 0.9 {
+        out.push(format!(
+            "the bots' CPU was {:.0} % busy: the latency includes the generator's own delay",
+            r.generator.cpu_util * 100.0
+        ));
+    }
+    out
+}
+
+fn summary(r: &Report, m: &Metrics, noise: &[String]) {
     let w = r.world.unwrap_or_default();
+    let ms = |us: f64| format!("{:.1} ms", us / 1e3);
     println!();
     println!("summary");
     println!(
-        "  bots            {} joined of {} ({} connect errors, {} disconnects)",
+        "  bots             {} joined of {} ({} connect errors, {} disconnects)",
         w.joined, r.connections, r.connect_errors, r.disconnects
     );
     println!(
-        "  moves           {} sent in {:.1} s, {} deliveries ({:.0}/s)",
+        "  moves            {} sent in {:.1} s, {} deliveries ({:.0}/s)",
         r.sent, r.window_s, r.received, r.throughput
     );
-    println!(
-        "  latency         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (includes the wait for the world tick)",
-        r.latency.p50_us / 1e3,
-        r.latency.p99_us / 1e3,
-        r.latency.max_us / 1e3
-    );
+    if r.latency.count > 0 {
+        println!(
+            "  latency          p50 {}, p99 {}, max {} over {} deliveries (includes the wait for the world tick)",
+            ms(r.latency.p50_us),
+            ms(r.latency.p99_us),
+            ms(r.latency.max_us),
+            r.latency.count
+        );
+    } else {
+        println!("  latency          - (no move sent in the window was delivered)");
+    }
     println!(
         "  area of interest {} deliveries from out of range (must be 0); {} enter/leave notices",
         w.out_of_range, w.notices
     );
     println!(
-        "  chat            {} lines sent, {} received",
+        "  chat             {} lines sent, {} received",
         w.chats_sent, w.chats_received
     );
     if m.writes > 0.0 {
         println!(
-            "  server writes   {:.1} messages per write ({:.0} packets queued for players)",
+            "  server writes    {:.1} messages per write ({:.0} packets queued for players)",
             m.frames_out / m.writes,
             m.deliveries
         );
     }
     if let Some(s) = &r.server {
         println!(
-            "  server          {:.0}% of a core, memory {:.1} -> {:.1} MiB ({:.0} B per connection)",
+            "  server           {:.0}% of a core, memory {:.1} -> {:.1} MiB ({} per connection)",
             s.cpu_util * 100.0,
             s.rss_start as f64 / 1048576.0,
             s.rss_peak as f64 / 1048576.0,
-            r.server_rss_per_connection().unwrap_or(0.0)
+            r.server_rss_per_connection()
+                .map_or("-".to_owned(), |b| format!("{b:.0} B"))
         );
+    }
+    if noise.is_empty() {
+        println!("  noise            low (CPU steal under 5 %, the bots' core not saturated)");
+    } else {
+        for n in noise {
+            println!("  noisy run        {n}");
+        }
     }
 }

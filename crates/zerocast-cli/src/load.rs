@@ -73,8 +73,8 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
     /// Generator worker threads.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
     /// Let the generator's workers sleep between events instead of busy-polling (for a
     /// generator that shares its core; timer and wake-up costs then count against it). The
     /// idle scenario never busy-polls.
@@ -93,9 +93,13 @@ pub struct LoadArgs {
     /// processes sleep between events instead of busy-polling.
     #[arg(long)]
     processes: Option<usize>,
-    /// Print the report as JSON.
+    /// Print the report as JSON (exactly one document on stdout).
     #[arg(long)]
     json: bool,
+    /// Percent of the connections that may fail to open or be closed during the run before
+    /// the run counts as failed (exit status 1).
+    #[arg(long, value_name = "PCT", default_value_t = 1.0)]
+    max_failed: f64,
     /// Internal: run as shard K of a multi-process load and print a mergeable report.
     #[arg(long, hide = true)]
     shard: Option<u8>,
@@ -140,7 +144,7 @@ impl LoadArgs {
         cfg.warmup = Self::secs("warmup", self.warmup)?;
         cfg.duration = Self::secs("duration", self.duration)?;
         cfg.drain = Self::secs("drain", self.drain)?;
-        cfg.workers = self.workers.max(1);
+        cfg.workers = usize::from(self.workers);
         cfg.cpus = self.cpus.clone();
         cfg.server_pid = self.server_pid;
         // Idle measures memory, not latency: no reason to burn a core polling.
@@ -197,6 +201,10 @@ impl LoadArgs {
 }
 
 pub fn main(args: &LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&args.max_failed),
+        "--max-failed must be a percentage between 0 and 100"
+    );
     let processes = args
         .processes
         .unwrap_or_else(|| args.connections.div_ceil(CONNECTIONS_PER_PROCESS))
@@ -218,7 +226,26 @@ pub fn main(args: &LoadArgs) -> anyhow::Result<()> {
     } else {
         print!("{report}");
     }
-    Ok(())
+    if args.shard.is_some() {
+        return Ok(()); // the parent process judges the merged report
+    }
+    fail_on_problems(&report.problems(args.max_failed / 100.0))
+}
+
+/// Prints each problem on stderr and fails if there is any: a run that measured nothing, lost
+/// connections or met the wrong server must not exit 0.
+pub fn fail_on_problems(problems: &[String]) -> anyhow::Result<()> {
+    for p in problems {
+        eprintln!("error: {p}");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the run failed: {} problem(s), listed above",
+            problems.len()
+        )
+    }
 }
 
 /// Splits the load over `processes` child processes, each with its share of connections,

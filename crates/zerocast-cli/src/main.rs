@@ -52,7 +52,9 @@ enum Command {
     /// The world server and 2,000 bots on this machine for 20 seconds, with live figures and
     /// a summary: the first thing to run.
     Demo(demo::DemoArgs),
-    /// Load generator: drives an echo or broadcast server and reports throughput and latency.
+    /// Load generator: drives an echo, broadcast or world server (or holds idle connections)
+    /// and reports throughput and latency; exits 1 when the run measured nothing, lost
+    /// connections, or met a server that speaks another protocol.
     Load(load::LoadArgs),
 }
 
@@ -62,8 +64,8 @@ struct ServerArgs {
     #[arg(long)]
     listen: SocketAddr,
     /// Worker threads [default: number of CPUs].
-    #[arg(long)]
-    workers: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// Largest accepted frame in bytes, header included.
     #[arg(long, default_value_t = 65535)]
     max_frame: usize,
@@ -84,6 +86,11 @@ struct ServerArgs {
     /// else epoll, logging why) [default: epoll, or the ZEROCAST_BACKEND environment variable].
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    /// Share the listening port with other processes already serving it (SO_REUSEPORT: the
+    /// kernel splits new connections between them). Without it, a port already served is
+    /// refused.
+    #[arg(long)]
+    reuse_port: bool,
     /// Kernel send buffer per socket in bytes (SO_SNDBUF) [default: the kernel autotunes].
     #[arg(long, value_name = "BYTES")]
     send_buffer: Option<usize>,
@@ -150,7 +157,8 @@ impl ServerArgs {
     fn builder(&self) -> Builder {
         let mut b = Engine::builder()
             .max_frame(self.max_frame)
-            .pin_cpus(self.cpus.clone());
+            .pin_cpus(self.cpus.clone())
+            .reuse_port(self.reuse_port);
         if let Some(backend) = self.backend {
             b = b.backend(backend.into());
         }
@@ -158,22 +166,41 @@ impl ServerArgs {
             b = b.send_buffer(bytes);
         }
         if let Some(n) = self.workers {
-            b = b.workers(n);
+            b = b.workers(usize::from(n));
         }
         b
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes on one line, never a backtrace: the reader is an
+            // operator, not a debugger.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Servers log at info by default; the demo and the load generator print tables, which
+    // log lines would cut into, so they log warnings only. RUST_LOG overrides either.
+    let default_level = match cli.command {
+        Command::Demo(_) | Command::Load(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: logs piped to a file or journald stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let mut extra: Option<metrics_http::Extra> = None;
     let (engine, args) = match &cli.command {
         Command::Echo { server, raw } => {

@@ -86,6 +86,8 @@ pub struct LoadConfig {
     pub busy_poll: bool,
     /// Open loop: the workers' tick period (`None`: chosen from the rate).
     pub tick: Option<Duration>,
+    /// How often the progress callback runs. Default 250 ms.
+    pub progress_every: Duration,
     /// The generator's own event loop. Default epoll, whatever the servers use: its busy
     /// accounting (`generator_busy`) separates waiting from working, which io_uring does in
     /// one system call.
@@ -118,6 +120,7 @@ impl LoadConfig {
             drain: Duration::from_secs(2),
             busy_poll: true,
             tick: None,
+            progress_every: Duration::from_millis(250),
             backend: zerocast::Backend::Epoll,
         }
     }

@@ -18,6 +18,7 @@ pub mod procfs;
 mod report;
 mod run;
 mod stats;
+mod verdict;
 
 pub use bots::WorldFigures;
 pub use config::{
@@ -27,3 +28,4 @@ pub use config::{
 pub use report::{decode_histogram, encode_histogram, Latency, ProcFigures, Report};
 pub use run::{run, Phase, Progress, PROBE_ID};
 pub use stats::Stats;
+pub use verdict::{guess_server, Unexpected, DEFAULT_MAX_FAILED};

@@ -32,6 +32,26 @@ pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
     Ok(s)
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`: `(steal, total)` in
+/// clock ticks. Steal is time the hypervisor gave this VM's CPUs to other guests; its share of
+/// the total over a run says how noisy the run's figures are.
+///
+/// # Errors
+/// If `/proc/stat` cannot be read or parsed.
+pub fn cpu_steal() -> io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad /proc/stat");
+    let line = text.lines().next().ok_or_else(bad)?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().map_err(|_| bad()))
+        .collect::<io::Result<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let steal = *ticks.get(7).ok_or_else(bad)?;
+    Ok((steal, ticks.iter().sum()))
+}
+
 /// Sum of the first field of `/proc/PID/task/*/schedstat` (run time in ns). Threads that
 /// already exited are not counted.
 fn threads_run_time_ns(dir: &str) -> Option<u64> {

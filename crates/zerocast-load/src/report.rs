@@ -75,6 +75,9 @@ pub struct Report {
     pub disconnect_reasons: BTreeMap<String, u64>,
     /// Frames that were not what was sent.
     pub corrupt: u64,
+    /// What the server seems to speak instead, when replies did not match the scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
     /// Measurement window length in seconds.
     pub window_s: f64,
     /// Messages sent inside the window.
@@ -158,6 +161,9 @@ impl Report {
                 *out.disconnect_reasons.entry(k.clone()).or_default() += v;
             }
             out.corrupt += p.corrupt;
+            if out.mismatch.is_none() {
+                out.mismatch.clone_from(&p.mismatch);
+            }
             out.window_s += p.window_s / parts.len() as f64;
             out.sent += p.sent;
             out.received += p.received;
@@ -230,11 +236,18 @@ impl fmt::Display for Report {
             "window        {:.2} s: sent {}, received {}, {:.0}/s",
             self.window_s, self.sent, self.received, self.throughput
         )?;
-        writeln!(
-            f,
-            "latency (us)  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}  ({} samples)",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
-        )?;
+        if l.count == 0 {
+            writeln!(
+                f,
+                "latency (us)  -  (no samples: nothing sent in the window was answered)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "latency (us)  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}  ({} samples)",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
+            )?;
+        }
         writeln!(
             f,
             "errors        unanswered {}  corrupt {}  disconnects {} {:?}",

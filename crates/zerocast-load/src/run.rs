@@ -18,6 +18,7 @@ use crate::config::{LoadConfig, Pace, Scenario};
 use crate::procfs::{self, ProcSample};
 use crate::report::{encode_histogram, Latency, ProcFigures, Report};
 use crate::stats::Stats;
+use crate::verdict::{guess_server, Unexpected};
 
 /// How far ahead of its start the measurement window is published to the workers.
 const WINDOW_NOTICE_NS: u64 = 10_000_000;
@@ -45,9 +46,14 @@ pub struct Progress {
     pub received: u64,
     /// p99 latency so far in the measurement window, in microseconds (0 before it).
     pub p99_us: f64,
+    /// p99 latency of the samples recorded since the previous progress report, in
+    /// microseconds (0 if there were none).
+    pub p99_interval_us: f64,
     /// Seconds into the current phase, and its planned length (0 if open-ended).
     pub elapsed_s: f64,
     pub planned_s: f64,
+    /// Seconds since the run started (one clock for every phase).
+    pub run_s: f64,
 }
 
 /// Phases of a run.
@@ -173,8 +179,15 @@ impl LoadHandler {
         self.depth > 0 && !self.stopping.load(Ordering::Relaxed)
     }
 
-    fn corrupt(&self, session: &Session) {
+    /// A reply that does not belong to the scenario (`frame`: what arrived, if it was a frame).
+    fn corrupt(&self, session: &Session, frame: Option<&Frame<'_>>) {
         self.stats.corrupt.add(1);
+        if let Some(f) = frame {
+            let _ = self.stats.first_unexpected.set(Unexpected {
+                id: f.id(),
+                len: f.as_slice().len(),
+            });
+        }
         session.close("corrupt reply");
     }
 
@@ -188,7 +201,7 @@ impl LoadHandler {
             conn.partial = 0;
             let Some(stamp) = conn.stamps.pop_front() else {
                 drop(conn);
-                return self.corrupt(session);
+                return self.corrupt(session, None);
             };
             self.stats.on_receive(stamp, now);
             if self.closed_loop() {
@@ -236,7 +249,7 @@ impl Handler for LoadHandler {
                             self.send_probe(session, now_ns());
                         }
                     }
-                    _ => self.corrupt(session),
+                    _ => self.corrupt(session, Some(&frame)),
                 }
             }
             Scenario::World => {
@@ -245,7 +258,7 @@ impl Handler for LoadHandler {
                     .as_ref()
                     .is_some_and(|b| b.on_frame(session, frame, now, &self.stats));
                 if !ok {
-                    self.corrupt(session);
+                    self.corrupt(session, Some(&frame));
                 }
             }
             Scenario::Broadcast => {
@@ -257,7 +270,7 @@ impl Handler for LoadHandler {
                     {
                         self.stats.on_receive(stamp, now);
                     }
-                    _ => self.corrupt(session),
+                    _ => self.corrupt(session, Some(&frame)),
                 }
             }
         }
@@ -444,6 +457,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
     let mut server = cfg.server_pid.map(|p| Watch::start(Some(p))).transpose()?;
     let mut generator = Watch::start(None)?;
 
+    let progress_ns = cfg.progress_every.as_nanos() as u64;
     // Connect ramp: connection i is opened at i / ramp seconds.
     let ramp_start = now_ns();
     let mut sessions = Vec::with_capacity(cfg.connections);
@@ -456,14 +470,19 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 connected: stats.connected.get() as u64,
                 target_connections: cfg.connections,
                 received: stats.received.get() as u64,
-                p99_us: if phase == Phase::Measuring {
+                p99_us: if matches!(phase, Phase::Measuring | Phase::Draining) {
                     let h = stats.latency();
                     h.value_at_quantile(0.99) as f64 / 1e3
                 } else {
                     0.0
                 },
+                p99_interval_us: {
+                    let h = stats.take_interval();
+                    h.value_at_quantile(0.99) as f64 / 1e3
+                },
                 elapsed_s: since(started, now_ns()) as f64 / 1e9,
                 planned_s: planned,
+                run_s: since(ramp_start, now_ns()) as f64 / 1e9,
             });
         };
     let ramp_s = cfg.connections as f64 / cfg.ramp;
@@ -477,7 +496,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 connect_error.get_or_insert(e);
             }
         }
-        if since(last_progress, now_ns()) > 250_000_000 {
+        if since(last_progress, now_ns()) > progress_ns {
             last_progress = now_ns();
             report_progress(progress, Phase::Connecting, ramp_start, ramp_s);
         }
@@ -501,7 +520,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             let started = now_ns();
             let end = started + len.as_nanos() as u64;
             while now_ns() < end {
-                sleep_until(end.min(now_ns() + 250_000_000));
+                sleep_until(end.min(now_ns() + progress_ns));
                 report_progress(progress, phase, started, len.as_secs_f64());
             }
         };
@@ -544,12 +563,15 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
-            report_progress(
-                progress,
-                Phase::Draining,
-                drain_start,
-                cfg.drain.as_secs_f64(),
-            );
+            if since(last_progress, now_ns()) > progress_ns {
+                last_progress = now_ns();
+                report_progress(
+                    progress,
+                    Phase::Draining,
+                    drain_start,
+                    cfg.drain.as_secs_f64(),
+                );
+            }
         }
         engine.shutdown();
 
@@ -571,6 +593,18 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             corrupt: stats.corrupt.get() as u64,
+            mismatch: stats.first_unexpected.get().map(|&u| {
+                let (kind, scenario) = guess_server(u, cfg.size);
+                let hint = scenario
+                    .filter(|s| *s != cfg.scenario.name())
+                    .map(|s| format!("; drive it with `zerocast load {s}`"))
+                    .unwrap_or_default();
+                format!(
+                    "{} replies did not match the {} scenario: the server looks like {kind}{hint}",
+                    stats.corrupt.get(),
+                    cfg.scenario.name()
+                )
+            }),
             window_s,
             sent,
             received,

@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use hdrhistogram::Histogram;
 use zerocast::metrics::Striped;
+
+use crate::verdict::Unexpected;
 
 /// Largest latency recorded exactly (60 s); larger values are clamped to it.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
@@ -19,7 +21,9 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 pub struct Stats {
     window_start: AtomicU64,
     window_end: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
+    /// The window's latencies, and those recorded since the last
+    /// [`take_interval`](Self::take_interval) (for per-second figures).
+    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
     /// Messages sent, whole run and inside the window.
     pub(crate) sent: Striped,
     pub(crate) sent_in_window: Striped,
@@ -28,6 +32,8 @@ pub struct Stats {
     pub(crate) received_in_window: Striped,
     /// Frames that were not what was sent (wrong size, id or content).
     pub(crate) corrupt: Striped,
+    /// The first of them, to tell what the server speaks instead.
+    pub(crate) first_unexpected: OnceLock<Unexpected>,
     /// Sessions that opened.
     pub(crate) connected: Striped,
     /// Sessions that ended before the generator stopped them.
@@ -49,12 +55,13 @@ impl Stats {
         Self {
             window_start: AtomicU64::new(u64::MAX),
             window_end: AtomicU64::new(u64::MAX),
-            latency: Mutex::new(new_histogram()),
+            latency: Mutex::new((new_histogram(), new_histogram())),
             sent: Striped::new(),
             sent_in_window: Striped::new(),
             received: Striped::new(),
             received_in_window: Striped::new(),
             corrupt: Striped::new(),
+            first_unexpected: OnceLock::new(),
             connected: Striped::new(),
             disconnects: Striped::new(),
             disconnect_reasons: Mutex::new(BTreeMap::new()),
@@ -93,10 +100,9 @@ impl Stats {
         }
         if self.in_window(stamp) {
             let ns = now.saturating_sub(stamp).clamp(1, MAX_LATENCY_NS);
-            self.latency
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .saturating_record(ns);
+            let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+            h.0.saturating_record(ns);
+            h.1.saturating_record(ns);
         }
     }
 
@@ -129,7 +135,16 @@ impl Stats {
         self.latency
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .clone()
+    }
+
+    /// The latencies recorded since the last call (nanoseconds), and a fresh start.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = h.1.clone();
+        h.1.reset();
+        taken
     }
 
     pub(crate) fn note_disconnect(&self, reason: String) {

@@ -29,6 +29,12 @@ pub struct Config {
     pub max_frame: usize,
     /// Listen backlog; default 4,096.
     pub backlog: i32,
+    /// Let [`Engine::listen`] share a port another process already serves (`SO_REUSEPORT`:
+    /// the kernel then splits new connections between the processes). Default `false`: a
+    /// port already served is refused with an error that names it, because a stale server
+    /// left running would otherwise silently take a share of the players. The engine's own
+    /// workers always share their listening port among themselves.
+    pub reuse_port: bool,
     /// Size of each worker's receive chunk; default 64 KiB.
     pub recv_chunk: usize,
     /// Reads per readiness event before a session yields to others; default 8.
@@ -168,6 +174,7 @@ impl Default for Config {
             cpus: Vec::new(),
             max_frame: LengthPrefixed::MAX,
             backlog: 4096,
+            reuse_port: false,
             recv_chunk: 64 * 1024,
             read_budget: 8,
             decoder: None,
@@ -213,6 +220,12 @@ impl Builder {
     /// Listen backlog.
     pub fn backlog(mut self, n: i32) -> Self {
         self.config.backlog = n;
+        self
+    }
+
+    /// Share a listening port with other processes on purpose; see [`Config::reuse_port`].
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.config.reuse_port = on;
         self
     }
 
@@ -421,8 +434,12 @@ impl Engine {
     /// Returns the bound address.
     ///
     /// # Errors
-    /// If the address cannot be bound.
+    /// If the address cannot be bound, or (`AddrInUse`) another process already serves the
+    /// port and [`Config::reuse_port`] is off.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        if addr.port() != 0 && !self.ctx.config.reuse_port {
+            ensure_unserved(addr)?;
+        }
         let first = self.listener(addr)?;
         let bound = first
             .local_addr()?
@@ -439,6 +456,8 @@ impl Engine {
     }
 
     fn listener(&self, addr: SocketAddr) -> io::Result<Socket> {
+        // SO_REUSEPORT lets this engine's workers each have a listener on the port (and, with
+        // `reuse_port`, other processes too); `ensure_unserved` keeps strangers out.
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
@@ -518,6 +537,30 @@ impl Engine {
                 tracing::error!("a worker thread panicked");
             }
         }
+    }
+}
+
+/// Fails if a socket already listens on `addr`: a probe binds it *without* `SO_REUSEPORT`,
+/// which the kernel refuses while any listener holds the port (with or without the option),
+/// and closes again at once. `SO_REUSEADDR` on the probe keeps connections in `TIME_WAIT` from
+/// an earlier run from counting.
+fn ensure_unserved(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "port {} on {} is already served by another process: stop that server or \
+                 pick another port, or share the port on purpose with --reuse-port \
+                 (Builder::reuse_port), and the kernel will split new connections between \
+                 the processes",
+                addr.port(),
+                addr.ip()
+            ),
+        )),
+        Err(e) => Err(e),
     }
 }
 

@@ -110,3 +110,28 @@ fn registry_broadcast_reaches_every_session() {
     drop(clients);
     assert_no_leaks(&server);
 }
+
+#[test]
+fn a_port_another_engine_serves_is_refused_unless_sharing_is_asked_for() {
+    let (first, addr) = server(Echo, 2);
+    // A second server on the same port: refused with the port and the remedy.
+    let second = Engine::builder().workers(1).build(Echo).unwrap();
+    let err = second.listen(addr).expect_err("the port is served");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&addr.port().to_string()) && msg.contains("reuse-port"),
+        "{msg}"
+    );
+    // Asked for, sharing works (and the first engine's own two workers share already).
+    let sharing = Engine::builder()
+        .workers(1)
+        .reuse_port(true)
+        .build(Echo)
+        .unwrap();
+    assert_eq!(sharing.listen(addr).unwrap(), addr);
+    // Once nobody serves it, the port is free again.
+    drop((first, sharing));
+    let third = Engine::builder().workers(1).build(Echo).unwrap();
+    assert_eq!(third.listen(addr).unwrap(), addr);
+}
