@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| zerocast::packet::fuzz_router(data));
+fuzz_target!(|data: &[u8]| zerocast_world::fuzz_router(data));

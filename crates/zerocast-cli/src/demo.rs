@@ -136,14 +136,23 @@ impl Server {
             .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
-        let get = |name: &str| {
+        // Every sample of a family, summed (per-worker figures carry a `worker` label).
+        let get = |name: &str| -> f64 {
             text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or(0.0)
+                .filter_map(|l| {
+                    let rest = l.strip_prefix(name)?;
+                    let v = match rest.as_bytes().first()? {
+                        b'{' => rest.rsplit_once('}')?.1,
+                        b' ' => rest,
+                        _ => return None,
+                    };
+                    v.trim().parse::<f64>().ok()
+                })
+                .sum()
         };
         Some(Metrics {
             players: get("zerocast_world_players"),
-            frames_out: get("zerocast_messages_out_total"),
+            frames_out: get("zerocast_frames_out_total"),
             writes: get("zerocast_writes_total"),
             deliveries: get("zerocast_world_deliveries_total"),
         })

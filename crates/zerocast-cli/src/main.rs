@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use zerocast::servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
-use zerocast::world::World;
 use zerocast::{frame::Raw, Backend, Builder, Engine};
+use zerocast_servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
+use zerocast_world::World;
 
 mod demo;
 mod load;
@@ -131,7 +131,7 @@ pub struct WorldArgs {
 }
 
 impl WorldArgs {
-    pub fn config(&self) -> anyhow::Result<zerocast::world::WorldConfig> {
+    pub fn config(&self) -> anyhow::Result<zerocast_world::WorldConfig> {
         let positive = |what: &str, v: f32| {
             anyhow::ensure!(v.is_finite() && v > 0.0, "--{what} must be positive");
             Ok(())
@@ -143,7 +143,7 @@ impl WorldArgs {
             (1..=60_000).contains(&self.tick_ms),
             "--tick-ms must be between 1 and 60000"
         );
-        Ok(zerocast::world::WorldConfig {
+        Ok(zerocast_world::WorldConfig {
             size: self.world_size,
             cell_size: self.cell_size,
             max_speed: self.max_speed,
@@ -217,7 +217,7 @@ fn run() -> anyhow::Result<()> {
         Command::World { server, world } => {
             let world = Arc::new(World::new(world.config()?));
             let w = world.clone();
-            extra = Some(Arc::new(move || w.snapshot().to_prometheus()));
+            extra = Some(Arc::new(move || w.snapshot().rows()));
             (world.configure(server.builder()).build(world)?, server)
         }
         Command::Load(args) => return load::main(args),

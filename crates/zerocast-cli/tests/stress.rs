@@ -4,7 +4,7 @@
 //!   buffer ring runs dry): no crash, every session closed, no send buffer left alive;
 //! - the server shut down under load: it exits 0 with nothing left open or alive.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -55,13 +55,8 @@ impl Server {
 
     /// One counter from the server's /metrics.
     fn metric(&self, name: &str) -> i64 {
-        let mut m = TcpStream::connect(self.metrics).unwrap();
-        write!(m, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        m.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}")) as i64
+        let text = common::scrape(self.metrics);
+        common::metric_sum(&text, name).unwrap_or_else(|| panic!("no {name} in {text}")) as i64
     }
 
     /// SIGTERM; returns the `final` counters line after asserting a clean exit.
@@ -90,7 +85,7 @@ fn frame(id: u16, len: usize) -> Vec<u8> {
 }
 
 fn assert_clean(last: &str) {
-    for field in ["open=0", "live_send_buffers=0"] {
+    for field in ["connections_open=0", "live_send_buffers=0"] {
         assert!(last.contains(&format!(" {field} ")), "{last}");
     }
 }

@@ -17,12 +17,12 @@ use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use zerocast::metrics::Striped;
-use zerocast::packet::world::{
+use zerocast::packet::{FixedPacket, VarPacket};
+use zerocast::{Frame, Session};
+use zerocast_world::packets::{
     channel, reject, Attacked, ChatFrom, ChatText, Entered, Join, Left, Move, Moved, Rejected,
     Welcome, PROTOCOL_VERSION,
 };
-use zerocast::packet::{FixedPacket, VarPacket};
-use zerocast::{Frame, Session};
 
 use crate::stats::Stats;
 
@@ -193,7 +193,7 @@ impl Bots {
     }
 
     fn bot(&self, session: &Session) -> Option<&Mutex<Bot>> {
-        let i = usize::try_from(session.id().0.checked_sub(1)?).ok()?;
+        let i = usize::try_from(session.id().get().checked_sub(1)?).ok()?;
         self.bots.get(i)
     }
 
@@ -276,7 +276,7 @@ impl Bots {
                 bot.heading = (bot.next_random() % 628) as f32 / 100.0;
                 bot.at(w.x.get(), w.y.get());
                 drop(bot);
-                let index = usize::try_from(session.id().0 - 1).unwrap_or(usize::MAX);
+                let index = usize::try_from(session.id().get() - 1).unwrap_or(usize::MAX);
                 self.players
                     .write()
                     .unwrap_or_else(|e| e.into_inner())

@@ -79,7 +79,7 @@ pub struct LoadConfig {
     pub server_pid: Option<u32>,
     /// Longest wait, after the window, for replies still in flight.
     pub drain: Duration,
-    /// Busy-poll the generator's workers (see [`zerocast::Config::busy_poll`]): the
+    /// Busy-poll the generator's workers (see [`zerocast::Builder::busy_poll`]): the
     /// generator then needs no timer interrupt and no wake-up per message, which keeps it
     /// cheaper per message than the server it measures. It occupies its cores fully; its
     /// real work shows as the report's `generator_busy`. Default `true`.
@@ -146,7 +146,7 @@ impl LoadConfig {
             ));
         }
         let max = match self.scenario {
-            Scenario::Broadcast => zerocast::servers::BROADCAST_MAX_FRAME,
+            Scenario::Broadcast => zerocast_servers::BROADCAST_MAX_FRAME,
             _ => zerocast::frame::LengthPrefixed::MAX,
         };
         if self.size > max {

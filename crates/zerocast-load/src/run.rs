@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use zerocast::frame::{Header, LengthPrefixed, Raw, HEADER_LEN};
-use zerocast::servers::SENDER_ID_LEN;
-use zerocast::{CloseReason, Engine, Frame, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Engine, Frame, Handler, SendBuffer, Session};
+use zerocast_servers::SENDER_ID_LEN;
 
 use crate::bots::Bots;
 use crate::clock::{now_ns, since, sleep_until};
@@ -171,7 +171,7 @@ impl LoadHandler {
     }
 
     fn raw_conn(&self, session: &Session) -> Option<&Mutex<RawConn>> {
-        let i = usize::try_from(session.id().0.checked_sub(1)?).ok()?;
+        let i = usize::try_from(session.id().get().checked_sub(1)?).ok()?;
         self.raw.get(i)
     }
 
@@ -218,7 +218,11 @@ fn stamp_at(payload: &[u8], at: usize) -> Option<u64> {
 }
 
 impl Handler for LoadHandler {
-    fn on_connect(&self, session: &Session) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let session = cx.session;
         self.stats.connected.add(1);
         if let Some(bots) = &self.bots {
             return bots.on_connect(session);
@@ -233,7 +237,8 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         let now = now_ns();
         self.last_receive.store(now, Ordering::Relaxed);
         match self.scenario {
@@ -276,13 +281,13 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+    fn on_disconnect(&self, _cx: Context<'_, Self>, reason: &CloseReason) {
         if !self.stopping.load(Ordering::Acquire) {
             self.stats.note_disconnect(reason.to_string());
         }
     }
 
-    fn on_tick(&self, worker: usize) {
+    fn on_tick(&self, _: &mut (), worker: usize) {
         let Some(open) = &self.open_loop else { return };
         let Some((sessions, start)) = open.sessions.get() else {
             return;

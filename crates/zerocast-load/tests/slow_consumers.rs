@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BufMut;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, Socket, Type};
-use zerocast::{CloseReason, Engine, Frame, Group, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Engine, Frame, Group, Handler, SendBuffer};
 use zerocast_load::clock::now_ns;
 
 const HEALTHY: usize = 950;
@@ -32,13 +32,18 @@ struct Ticker {
 }
 
 impl Handler for Ticker {
-    fn on_connect(&self, session: &Session) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let session = cx.session;
         self.everyone.insert(session.clone());
     }
 
-    fn on_frame(&self, _session: &Session, _frame: Frame<'_>) {}
+    fn on_frame(&self, _cx: Context<'_, Self>, _frame: Frame<'_>) {}
 
-    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+    fn on_disconnect(&self, cx: Context<'_, Self>, reason: &CloseReason) {
+        let session = cx.session;
         self.everyone.remove(session.id());
         match reason {
             CloseReason::SlowConsumer => self.slow_closed.fetch_add(1, Ordering::SeqCst),
@@ -47,7 +52,7 @@ impl Handler for Ticker {
         };
     }
 
-    fn on_tick(&self, _worker: usize) {
+    fn on_tick(&self, _: &mut (), _worker: usize) {
         let buf = SendBuffer::build(zerocast::frame::HEADER_LEN + PAYLOAD, |b| {
             b.put_u16_le((zerocast::frame::HEADER_LEN + PAYLOAD) as u16);
             b.put_u16_le(1);
@@ -65,7 +70,10 @@ struct Receiver {
 }
 
 impl Handler for Receiver {
-    fn on_frame(&self, _session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, _cx: Context<'_, Self>, frame: Frame<'_>) {
         if !self.recording.load(Ordering::Relaxed) {
             return;
         }

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zerocast::packet::world::{Move, Moved};
 use zerocast::packet::FixedPacket;
-use zerocast::world::{World, WorldConfig};
-use zerocast::{Engine, Frame, Group, Handler, Session};
+use zerocast::{Context, Engine, Frame, Group, Handler};
 use zerocast_load::{run, LoadConfig, Pace, Report, Scenario};
+use zerocast_world::packets::{Move, Moved};
+use zerocast_world::{World, WorldConfig};
 
 const BOTS: usize = 200;
 
@@ -76,14 +76,18 @@ struct Leaky {
 }
 
 impl Handler for Leaky {
-    fn on_connect(&self, session: &Session) {
-        self.everyone.insert(session.clone());
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        self.everyone.insert(cx.session.clone());
     }
 
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         if let (Move::ID, Ok(m)) = (frame.id(), Move::decode(frame.payload())) {
             let leak = Moved {
-                id: session.id().0.into(),
+                id: session.id().get().into(),
                 x: m.x,
                 y: m.y,
                 z: m.z,
@@ -91,16 +95,37 @@ impl Handler for Leaky {
             };
             self.everyone.broadcast(&leak.encode());
         }
-        self.world.on_frame(session, frame);
+        // The world's own handling, with this handler's (empty) states.
+        let Context { state, worker, .. } = cx;
+        self.world.on_frame(
+            Context {
+                session,
+                state,
+                worker,
+            },
+            frame,
+        );
     }
 
-    fn on_disconnect(&self, session: &Session, reason: &zerocast::CloseReason) {
+    fn on_disconnect(&self, cx: Context<'_, Self>, reason: &zerocast::CloseReason) {
+        let Context {
+            session,
+            state,
+            worker,
+        } = cx;
         self.everyone.remove(session.id());
-        self.world.on_disconnect(session, reason);
+        self.world.on_disconnect(
+            Context {
+                session,
+                state,
+                worker,
+            },
+            reason,
+        );
     }
 
-    fn on_tick(&self, worker: usize) {
-        self.world.on_tick(worker);
+    fn on_tick(&self, worker: &mut (), index: usize) {
+        self.world.on_tick(worker, index);
     }
 }
 

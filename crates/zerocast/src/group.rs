@@ -1,20 +1,23 @@
 //! Groups: named sets of sessions that receive the same broadcasts (a room, a guild, a zone).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::buffer::SendBuffer;
 use crate::session::{Session, SessionId};
 
-/// A set of sessions. Broadcasting queues one reference to the same [`SendBuffer`] on each
-/// member: one encode, zero payload copies.
+/// A group's members; sessions keep a weak reference to it, so that closing removes them.
+pub(crate) type Members = RwLock<HashMap<SessionId, Session>>;
+
+/// A set of sessions. Broadcasting queues the same [`SendBuffer`] on each member: one encode,
+/// no copy; for the members served by the calling worker (a handler or tick broadcasting to
+/// its own sessions), no reference count and no lock per member either.
 ///
-/// A group does not learn about disconnects by itself: remove members in
-/// [`Handler::on_disconnect`](crate::Handler::on_disconnect). Sending to a closed member is
-/// harmless (the buffer is dropped at once).
+/// A session that closes leaves every group it was in, before its
+/// [`Handler::on_disconnect`](crate::Handler::on_disconnect) runs.
 #[derive(Default)]
 pub struct Group {
-    members: RwLock<HashMap<SessionId, Session>>,
+    members: Arc<Members>,
 }
 
 impl Group {
@@ -23,10 +26,19 @@ impl Group {
         Self::default()
     }
 
-    /// Adds a session. Returns false if it was already a member.
+    /// Adds a session. Returns false if it was already a member, or is closed.
     pub fn insert(&self, session: Session) -> bool {
-        let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
-        m.insert(session.id(), session).is_none()
+        if session.is_closing() {
+            return false;
+        }
+        let added = {
+            let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
+            m.insert(session.id(), session.clone()).is_none()
+        };
+        if added {
+            session.shared.joined(Arc::downgrade(&self.members));
+        }
+        added
     }
 
     /// Removes a session. Returns false if it was not a member.
@@ -45,16 +57,24 @@ impl Group {
         self.len() == 0
     }
 
-    /// Queues `buf` on every member. Returns how many members took it.
-    pub fn broadcast(&self, buf: &SendBuffer) -> usize {
-        self.broadcast_gather(std::slice::from_ref(buf))
+    /// Whether `id` is a member.
+    pub fn contains(&self, id: SessionId) -> bool {
+        let m = self.members.read().unwrap_or_else(|p| p.into_inner());
+        m.contains_key(&id)
     }
 
-    /// Queues `bufs` back to back on every member. Returns how many members took them.
-    pub fn broadcast_gather(&self, bufs: &[SendBuffer]) -> usize {
+    /// Queues `buf` on every member. Returns how many members took it.
+    pub fn broadcast(&self, buf: &SendBuffer) -> usize {
         let m = self.members.read().unwrap_or_else(|p| p.into_inner());
-        m.values()
-            .map(|s| usize::from(s.send_gather(bufs).is_ok()))
-            .sum()
+        crate::session::broadcast(m.values(), buf)
+    }
+}
+
+/// Removes a closing session from the groups it was in.
+pub(crate) fn leave_all(id: SessionId, groups: Vec<std::sync::Weak<Members>>) {
+    for g in groups {
+        if let Some(g) = g.upgrade() {
+            g.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
     }
 }

@@ -1,38 +1,140 @@
-//! The application side: what the engine calls, and the borrowed frame view it passes.
+//! The application side: what the engine calls, with the state it keeps per worker and per
+//! session, and the borrowed frame view it passes.
 
 use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::buffer::SendBuffer;
 use crate::session::{CloseReason, Session};
 
-/// Callbacks from the engine's workers. One handler serves every session of an engine and is
-/// called from all workers concurrently; each session's callbacks come from its own worker, in
-/// order: `on_connect`, then `on_frame` for every frame, then `on_disconnect` exactly once.
+/// Callbacks from the engine's workers.
 ///
-/// Callbacks run on the event loop: keep them short and never block.
-pub trait Handler: Send + Sync + 'static {
+/// One handler serves every session of an engine, from all workers at once. Besides `&self`
+/// (shared by every worker), each callback gets state of its own:
+/// - [`Handler::Worker`]: one per worker, created when the worker starts and only ever
+///   touched by that worker's thread, so it needs no lock (a shard of a game world, a
+///   per-worker cache);
+/// - [`Handler::Session`]: one per session, kept on the session's worker beside its socket
+///   (a player's position and rate limits, a decoder's state).
+///
+/// A session's callbacks come from its own worker, in order: `on_connect`, then `on_frame` for
+/// every frame, then `on_disconnect` exactly once. Callbacks run on the event loop: keep them
+/// short and never block. A panic in a session's callback closes that session only
+/// ([`CloseReason::HandlerPanic`]).
+///
+/// ```
+/// use zerocast::{Context, Frame, Handler, SendBuffer};
+///
+/// /// Counts each session's frames, and each worker's.
+/// struct Count;
+///
+/// impl Handler for Count {
+///     type Worker = u64;
+///     type Session = u64;
+///
+///     fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+///         *cx.worker += 1;
+///         *cx.state += 1;
+///         let reply = SendBuffer::frame(frame.id(), &cx.state.to_le_bytes());
+///         let _ = cx.session.send(reply);
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + Sized + 'static {
+    /// What each worker keeps for this handler (`()` for nothing).
+    type Worker: Default + 'static;
+    /// What each session keeps (`()` for nothing).
+    type Session: Default + 'static;
+
+    /// A worker started (numbered from 0), before it serves anything.
+    fn on_start(&self, worker: &mut Self::Worker, index: usize) {
+        let _ = (worker, index);
+    }
+
     /// A session opened (accepted or connected). It enters the engine's registry right after
     /// this returns, so a session found in the registry has had its `on_connect`.
-    fn on_connect(&self, session: &Session) {
-        let _ = session;
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let _ = cx;
     }
 
     /// One complete frame arrived.
-    fn on_frame(&self, session: &Session, frame: Frame<'_>);
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>);
 
-    /// The session ended. It is removed from the registry right after this returns.
-    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
-        let _ = (session, reason);
+    /// The session ended. It has left its groups, and leaves the registry right after this
+    /// returns; its state is dropped then.
+    fn on_disconnect(&self, cx: Context<'_, Self>, reason: &CloseReason) {
+        let _ = (cx, reason);
     }
 
-    /// Called on every worker (numbered from 0) every [`Config::tick`](crate::Config::tick),
-    /// when one is set, on the worker's own thread. Sends made here, like sends made in
-    /// `on_frame`, are written at the end of the worker's turn, gathered with everything else
-    /// queued on the same session: no cross-thread wake-up. A tick that comes due while the
-    /// worker is busy runs at the end of that turn; missed ticks are not replayed.
-    fn on_tick(&self, worker: usize) {
-        let _ = worker;
+    /// Called on every worker every [`Builder::tick`](crate::Builder::tick), when one is
+    /// set, on the worker's own thread. Sends made here, like sends made in `on_frame`, are
+    /// written at the end of the worker's turn, gathered with everything else queued on the
+    /// same session. A tick that comes due while the worker is busy runs at the end of that
+    /// turn; missed ticks are not replayed.
+    fn on_tick(&self, worker: &mut Self::Worker, index: usize) {
+        let _ = (worker, index);
+    }
+
+    /// The last frame to send a session the engine closes because of `reason` (a protocol
+    /// error, a bad packet, a deadline, a shutdown; see
+    /// [`CloseReason::deserves_farewell`]), so the client learns why. The engine writes it
+    /// after what is already queued, if the socket takes it at once, and then closes.
+    /// Default: none.
+    fn farewell(&self, session: &Session, reason: &CloseReason) -> Option<SendBuffer> {
+        let _ = (session, reason);
+        None
+    }
+}
+
+/// What a callback gets besides the frame: the session, its state, and its worker's state.
+pub struct Context<'a, H: Handler> {
+    /// The session the callback is about.
+    pub session: &'a Session,
+    /// The session's state.
+    pub state: &'a mut H::Session,
+    /// The state of the worker serving it.
+    pub worker: &'a mut H::Worker,
+}
+
+/// Lets the application keep a handle on its handler (groups, game world) while the engine
+/// serves sessions with it.
+impl<H: Handler> Handler for Arc<H> {
+    type Worker = H::Worker;
+    type Session = H::Session;
+
+    fn on_start(&self, worker: &mut Self::Worker, index: usize) {
+        (**self).on_start(worker, index);
+    }
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        (**self).on_connect(relabel(cx));
+    }
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        (**self).on_frame(relabel(cx), frame);
+    }
+
+    fn on_disconnect(&self, cx: Context<'_, Self>, reason: &CloseReason) {
+        (**self).on_disconnect(relabel(cx), reason);
+    }
+
+    fn on_tick(&self, worker: &mut Self::Worker, index: usize) {
+        (**self).on_tick(worker, index);
+    }
+
+    fn farewell(&self, session: &Session, reason: &CloseReason) -> Option<SendBuffer> {
+        (**self).farewell(session, reason)
+    }
+}
+
+fn relabel<H: Handler>(cx: Context<'_, Arc<H>>) -> Context<'_, H> {
+    Context {
+        session: cx.session,
+        state: cx.state,
+        worker: cx.worker,
     }
 }
 
@@ -94,22 +196,136 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Lets the application keep a handle on its handler's state (groups, game world) while the
-/// engine serves sessions with it.
-impl<H: Handler> Handler for std::sync::Arc<H> {
-    fn on_connect(&self, session: &Session) {
-        (**self).on_connect(session);
+/// A handler as one worker runs it: the handler, the worker's state and its sessions' states,
+/// behind calls that know nothing of their types. The worker core is compiled once, whatever
+/// the handler.
+pub(crate) trait Hosted {
+    /// The worker `index` starts.
+    fn start(&mut self, index: usize);
+    /// A session opened in slot `slot`.
+    fn connect(&mut self, slot: u32, session: &Session) -> Result<(), CloseReason>;
+    /// A frame for the session in slot `slot`.
+    fn frame(&mut self, slot: u32, session: &Session, frame: Frame<'_>) -> Result<(), CloseReason>;
+    /// The session in slot `slot` closed; its state is dropped.
+    fn disconnect(&mut self, slot: u32, session: &Session, reason: &CloseReason);
+    /// The worker's tick.
+    fn tick(&mut self, index: usize);
+    /// The farewell frame for a session closed for `reason`.
+    fn farewell(&self, session: &Session, reason: &CloseReason) -> Option<SendBuffer>;
+}
+
+/// Builds each worker's [`Hosted`] handler, on the worker's thread.
+pub(crate) type HostFactory = Arc<dyn Fn() -> Box<dyn Hosted> + Send + Sync>;
+
+/// The factory for `handler`.
+pub(crate) fn host<H: Handler>(handler: H) -> HostFactory {
+    let handler = Arc::new(handler);
+    Arc::new(move || {
+        Box::new(Host {
+            handler: handler.clone(),
+            worker: H::Worker::default(),
+            sessions: Vec::new(),
+        })
+    })
+}
+
+/// Invariant: `sessions[slot]` is `Some` exactly while a session is open in `slot`.
+struct Host<H: Handler> {
+    handler: Arc<H>,
+    worker: H::Worker,
+    sessions: Vec<Option<H::Session>>,
+}
+
+impl<H: Handler> Host<H> {
+    /// Runs `f` with the session's context; a panic becomes the session's close reason.
+    /// AssertUnwindSafe: after a panic the engine touches nothing the handler was using but
+    /// the session's state, which is dropped with the session.
+    fn call(
+        &mut self,
+        slot: u32,
+        session: &Session,
+        f: impl FnOnce(&H, Context<'_, H>),
+    ) -> Result<(), CloseReason> {
+        let Some(Some(state)) = self.sessions.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        let handler = &*self.handler;
+        let worker = &mut self.worker;
+        catch_unwind(AssertUnwindSafe(|| {
+            f(
+                handler,
+                Context {
+                    session,
+                    state,
+                    worker,
+                },
+            )
+        }))
+        .map_err(|p| CloseReason::from_panic(&*p))
+    }
+}
+
+impl<H: Handler> Hosted for Host<H> {
+    fn start(&mut self, index: usize) {
+        let (h, w) = (&*self.handler, &mut self.worker);
+        if catch_unwind(AssertUnwindSafe(|| h.on_start(w, index))).is_err() {
+            tracing::error!(worker = index, "on_start panicked");
+        }
     }
 
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
-        (**self).on_frame(session, frame);
+    fn connect(&mut self, slot: u32, session: &Session) -> Result<(), CloseReason> {
+        let i = slot as usize;
+        if self.sessions.len() <= i {
+            self.sessions.resize_with(i + 1, || None);
+        }
+        self.sessions[i] = Some(H::Session::default());
+        self.call(slot, session, |h, cx| h.on_connect(cx))
     }
 
-    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
-        (**self).on_disconnect(session, reason);
+    fn frame(&mut self, slot: u32, session: &Session, frame: Frame<'_>) -> Result<(), CloseReason> {
+        self.call(slot, session, |h, cx| h.on_frame(cx, frame))
     }
 
-    fn on_tick(&self, worker: usize) {
-        (**self).on_tick(worker);
+    fn disconnect(&mut self, slot: u32, session: &Session, reason: &CloseReason) {
+        if self
+            .call(slot, session, |h, cx| h.on_disconnect(cx, reason))
+            .is_err()
+        {
+            tracing::error!(session = %session.id(), "handler panicked in on_disconnect");
+        }
+        if let Some(s) = self.sessions.get_mut(slot as usize) {
+            *s = None;
+        }
+    }
+
+    fn tick(&mut self, index: usize) {
+        let (h, w) = (&*self.handler, &mut self.worker);
+        // A tick belongs to no session that could be closed for it: log, go on next time.
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| h.on_tick(w, index))) {
+            tracing::error!(worker = index, reason = %CloseReason::from_panic(&*p), "on_tick panicked");
+        }
+    }
+
+    fn farewell(&self, session: &Session, reason: &CloseReason) -> Option<SendBuffer> {
+        let h = &*self.handler;
+        catch_unwind(AssertUnwindSafe(|| h.farewell(session, reason)))
+            .ok()
+            .flatten()
+    }
+}
+
+impl crate::packet::Router<Session> {
+    /// Dispatches a received frame; on error closes that session with
+    /// [`CloseReason::Packet`] (logged at info) and returns the error.
+    ///
+    /// # Errors
+    /// As [`dispatch`](crate::packet::Router::dispatch); the session is already being closed.
+    pub fn handle(
+        &self,
+        session: &Session,
+        frame: Frame<'_>,
+    ) -> Result<(), crate::packet::PacketError> {
+        self.dispatch(session, frame.id(), frame.payload())
+            .inspect_err(|e| session.close_for_packet(e.clone()))
     }
 }

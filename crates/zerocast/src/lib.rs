@@ -4,57 +4,63 @@
 //! it**, and **don't block, wait for events**.
 //!
 //! - Workers: one thread per core, each with its own io_uring instance or edge-triggered epoll
-//!   instance ([`Backend`]); a session lives on one worker.
-//! - Receive: sockets are read straight into a worker's pooled chunk, frames are parsed in
-//!   place and handlers get borrowed [`Frame`] views; relaying a frame shares its memory.
-//! - Send: a [`SendBuffer`] is encoded once and queued on any number of sessions by reference;
-//!   each session has exactly one send in flight, gathering everything queued into one
-//!   vectored write.
+//!   instance ([`Backend`]); a session lives on one worker, and a [`Handler`] keeps state per
+//!   worker and per session there, without locks.
+//! - Receive: sockets are read straight into shared memory, frames are parsed in place and
+//!   handlers get borrowed [`Frame`] views; relaying a frame shares its memory.
+//! - Send: a [`SendBuffer`] is encoded once and queued on any number of sessions; a worker
+//!   writes each session once per turn, its small messages corked into one contiguous write.
 //!
 //! ```no_run
-//! use zerocast::{Engine, Frame, Handler, SendBuffer, Session};
+//! use zerocast::{Context, Engine, Frame, Handler, SendBuffer};
 //!
 //! /// Echoes every frame back, without copying it.
 //! struct Echo;
 //!
 //! impl Handler for Echo {
-//!     fn on_frame(&self, session: &Session, frame: Frame<'_>) {
-//!         let _ = session.send(SendBuffer::from(frame.frame_bytes()));
+//!     type Worker = ();
+//!     type Session = ();
+//!
+//!     fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+//!         let _ = cx.session.send(SendBuffer::from(frame.frame_bytes()));
 //!     }
 //! }
 //!
-//! let engine = Engine::builder().workers(2).build(Echo)?;
-//! let addr = engine.listen("127.0.0.1:7000".parse().unwrap())?;
-//! println!("listening on {addr}");
-//! # Ok::<(), std::io::Error>(())
+//! fn main() -> std::io::Result<()> {
+//!     let engine = Engine::builder().workers(2).build(Echo)?;
+//!     let addr = engine.listen("127.0.0.1:7000".parse().unwrap())?;
+//!     println!("listening on {addr}");
+//!     Ok(())
+//! }
 //! ```
+//!
+//! # Layout
+//! Imports flow one way: [`sys`](self) (every OS call) ← [`buffer`], [`frame`], [`packet`] ←
+//! `conn` (sans-IO connection state) ← `session` ← `driver` (the worker core and its
+//! backends) ← `engine` ← applications. docs/DESIGN.md draws it.
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
 
-pub mod aoi;
 pub mod buffer;
+mod builder;
+mod config;
+mod conn;
 mod driver;
 mod engine;
 pub mod frame;
 mod group;
 mod handler;
-pub mod lockorder;
 pub mod metrics;
 pub mod packet;
-pub mod servers;
 mod session;
 mod sync;
 mod sys;
-pub mod world;
 
 pub use buffer::SendBuffer;
-pub use engine::{Backend, Builder, Config, Engine};
+pub use builder::Builder;
+pub use config::Backend;
+pub use engine::Engine;
 pub use group::Group;
-pub use handler::{Frame, Handler};
+pub use handler::{Context, Frame, Handler};
 pub use metrics::Snapshot;
-pub use session::{CloseReason, Closed, Registry, Session, SessionId};
-
-/// The README's examples, compiled and run as doc tests.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
+pub use session::{CloseReason, Refused, Registry, SendError, Session, SessionId};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use util::*;
-use zerocast::servers::Echo;
-use zerocast::{Frame, Group, Handler, SendBuffer, Session};
+use zerocast::{Context, Frame, Group, Handler, SendBuffer};
+use zerocast_servers::Echo;
 
 struct Counting;
 
@@ -48,11 +48,16 @@ fn allocs() -> usize {
 struct Join(Arc<Group>);
 
 impl Handler for Join {
-    fn on_connect(&self, session: &Session) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let session = cx.session;
         self.0.insert(session.clone());
     }
-    fn on_frame(&self, _: &Session, _: Frame<'_>) {}
-    fn on_disconnect(&self, session: &Session, _: &zerocast::CloseReason) {
+    fn on_frame(&self, _cx: Context<'_, Self>, _frame: Frame<'_>) {}
+    fn on_disconnect(&self, cx: Context<'_, Self>, _: &zerocast::CloseReason) {
+        let session = cx.session;
         self.0.remove(session.id());
     }
 }

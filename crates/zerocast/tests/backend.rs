@@ -6,8 +6,8 @@ mod util;
 use std::io::{Read, Write};
 
 use util::*;
-use zerocast::servers::Echo;
 use zerocast::{Backend, Engine};
+use zerocast_servers::Echo;
 
 fn echo_once(engine: &Engine, addr: std::net::SocketAddr) {
     let mut s = connect(addr);
@@ -20,7 +20,6 @@ fn echo_once(engine: &Engine, addr: std::net::SocketAddr) {
 
 #[test]
 fn explicit_backends_are_honoured_and_auto_picks_one() {
-    let _g = serial();
     for choice in [Backend::Epoll, Backend::Uring, Backend::Auto] {
         let built = Engine::builder().workers(1).backend(choice).build(Echo);
         let engine = match (choice, built) {

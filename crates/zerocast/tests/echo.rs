@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use util::*;
-use zerocast::servers::Echo;
 use zerocast::Engine;
+use zerocast_servers::Echo;
 
 #[test]
 fn hundred_clients_echo_random_frames_in_random_splits() {
-    let _g = serial();
     let (engine, addr) = server(Echo, 2);
     let clients: Vec<_> = (0..100u64)
         .map(|c| {
@@ -50,7 +49,6 @@ fn hundred_clients_echo_random_frames_in_random_splits() {
 
 #[test]
 fn malformed_header_closes_only_its_connection() {
-    let _g = serial();
     let (engine, addr) = server(Echo, 2);
     let mut good: Vec<_> = (0..10).map(|_| connect(addr)).collect();
     for bad_size in [0u16, 1, 2, 3, 70] {
@@ -79,7 +77,6 @@ fn malformed_header_closes_only_its_connection() {
 
 #[test]
 fn reset_mid_frame_disturbs_no_one() {
-    let _g = serial();
     let (engine, addr) = server(Echo, 2);
     let mut good = connect(addr);
     for _ in 0..20 {
@@ -100,7 +97,6 @@ fn reset_mid_frame_disturbs_no_one() {
 
 #[test]
 fn half_closed_client_still_gets_its_replies() {
-    let _g = serial();
     let (engine, addr) = server(Echo, 2);
     let mut wire = Vec::new();
     for i in 0..200u16 {
@@ -111,14 +107,19 @@ fn half_closed_client_still_gets_its_replies() {
     s.shutdown(Shutdown::Write).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
-    assert!(got == wire, "every reply arrives before the server closes");
+    assert!(
+        got == wire,
+        "every reply arrives before the server closes: {} of {} bytes; {}",
+        got.len(),
+        wire.len(),
+        engine.metrics()
+    );
     assert_no_leaks(&engine);
     assert_eq!(engine.metrics().closed, 1);
 }
 
 #[test]
 fn raw_mode_echoes_unframed_bytes() {
-    let _g = serial();
     let builder = zerocast::Engine::builder()
         .workers(1)
         .decoder(zerocast::frame::Raw);
@@ -140,7 +141,6 @@ fn raw_mode_echoes_unframed_bytes() {
 
 #[test]
 fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
-    let _g = serial();
     // A tiny SO_SNDBUF on the server and a tiny receive window on the client make the server's
     // writes of 60 KiB frames short and then EAGAIN.
     let (engine, addr) = server_with(Engine::builder().workers(1).send_buffer(4096), Echo);
@@ -182,7 +182,6 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
 
 #[test]
 fn half_close_and_reset_mid_frame_leave_no_close_wait_and_no_spinning_worker() {
-    let _g = serial();
     let (engine, addr) = server(Echo, 2);
     let partial = &frame(1, &[3u8; 1000])[..300];
     let mut half_closed = Vec::new();
@@ -219,78 +218,17 @@ fn half_close_and_reset_mid_frame_leave_no_close_wait_and_no_spinning_worker() {
     for s in &mut half_closed {
         assert!(closed_by_peer(s), "the server closed its side");
     }
-    // Nothing to do now: the workers must be asleep, not spinning on dead sockets.
-    let before = cpu_ticks("self");
+    // Nothing to do now: the workers must be asleep, not spinning on dead sockets. An idle
+    // worker wakes for its housekeeping, ten times a second; one that spins turns its loop
+    // millions of times. The second is only a window to count in.
+    let before = engine.metrics().turns;
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks("self") - before;
+    let turns = engine.metrics().turns - before;
     assert!(
-        used <= 5,
-        "{used} ticks of CPU in an idle second: a worker spins"
+        turns <= 100,
+        "{turns} loop turns of two workers in an idle second: a worker spins"
     );
     drop(half_closed);
-    assert_no_leaks(&engine);
-}
-
-/// A framing whose 32-bit length a peer controls: a 4 GB claim must cost nothing until the
-/// bytes arrive, and must never panic the worker.
-struct Len32;
-
-impl zerocast::frame::Decoder for Len32 {
-    fn decode(&self, buf: &[u8]) -> Result<zerocast::frame::Decoded, zerocast::frame::FrameError> {
-        use zerocast::frame::Decoded;
-        let Some(h) = buf.get(..4) else {
-            return Ok(Decoded::NeedMore { total: 4 });
-        };
-        let total = u32::from_le_bytes(h.try_into().unwrap()) as usize;
-        if total < 4 {
-            return Err(zerocast::frame::FrameError::Invalid("short"));
-        }
-        Ok(if buf.len() >= total {
-            Decoded::Frame {
-                len: total,
-                header: 4,
-                id: 0,
-            }
-        } else {
-            Decoded::NeedMore { total }
-        })
-    }
-}
-
-#[test]
-fn huge_length_claim_from_a_custom_decoder_allocates_nothing_up_front() {
-    let _g = serial();
-    let (engine, addr) = server_with(zerocast::Engine::builder().workers(1).decoder(Len32), Echo);
-    let vm_size = || {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmSize:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        kib * 1024
-    };
-    let before = vm_size();
-    let mut liar = connect(addr);
-    liar.write_all(&u32::MAX.to_le_bytes()).unwrap();
-    liar.write_all(&[0u8; 100]).unwrap();
-    // The rest comes in a later read, onto the incomplete frame's own buffer.
-    std::thread::sleep(Duration::from_millis(50));
-    liar.write_all(&[0u8; 1000]).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let mut honest = connect(addr);
-    let f = [8u8, 0, 0, 0, b'o', b'k', b'!', b'!'];
-    honest.write_all(&f).unwrap();
-    let mut back = [0u8; 8];
-    std::io::Read::read_exact(&mut honest, &mut back).unwrap();
-    assert_eq!(back, f, "the worker is alive and serving");
-    // Both sessions are on the one worker, in order: the liar's bytes were read already.
-    let grew = vm_size().saturating_sub(before);
-    assert!(
-        grew < 1 << 30,
-        "a 4 GB claim reserved {grew} bytes of address space"
-    );
-    drop((liar, honest));
     assert_no_leaks(&engine);
 }
 
@@ -307,7 +245,6 @@ fn huge_length_claim_from_a_custom_decoder_allocates_nothing_up_front() {
 /// only when the timing happened to line up, and under AddressSanitizer it never did.
 #[test]
 fn receive_memory_running_out_is_back_pressure_not_loss() {
-    let _g = serial();
     let (engine, addr) = server_with(Engine::builder().workers(1).send_buffer(4096), Echo);
     const CLIENTS: usize = 64;
     const PER_CLIENT: usize = 512 * 1024;

@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use util::*;
-use zerocast::servers::Echo;
-use zerocast::{CloseReason, Engine, Frame, Group, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Engine, Frame, Group, Handler, SendBuffer};
+use zerocast_servers::Echo;
 
 #[test]
 fn connections_over_the_cap_are_closed_at_once_and_counted() {
-    let _g = serial();
     let (engine, addr) = server_with(Engine::builder().workers(2).max_connections(5), Echo);
     let mut admitted: Vec<_> = (0..5).map(|_| connect(addr)).collect();
     assert!(wait_until(Duration::from_secs(5), || engine
@@ -47,10 +46,20 @@ fn connections_over_the_cap_are_closed_at_once_and_counted() {
 struct Reasons(Mutex<Vec<(CloseReason, Instant)>>);
 
 impl Handler for Reasons {
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         let _ = session.send(SendBuffer::from(frame.frame_bytes()));
     }
-    fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
+    fn on_disconnect(&self, _cx: Context<'_, Self>, reason: &CloseReason) {
+        self.note(reason);
+    }
+}
+
+impl Reasons {
+    fn note(&self, reason: &CloseReason) {
         self.0
             .lock()
             .unwrap()
@@ -60,7 +69,6 @@ impl Handler for Reasons {
 
 #[test]
 fn silent_trickling_and_idle_peers_are_closed_on_time_heartbeats_keep_sessions() {
-    let _g = serial();
     const FIRST: Duration = Duration::from_millis(400);
     const IDLE: Duration = Duration::from_millis(800);
     let reasons = Arc::new(Reasons::default());
@@ -133,13 +141,18 @@ fn silent_trickling_and_idle_peers_are_closed_on_time_heartbeats_keep_sessions()
 struct Everyone(Group, Reasons);
 
 impl Handler for Everyone {
-    fn on_connect(&self, s: &Session) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let s = cx.session;
         self.0.insert(s.clone());
     }
-    fn on_frame(&self, _: &Session, _: Frame<'_>) {}
-    fn on_disconnect(&self, s: &Session, reason: &CloseReason) {
+    fn on_frame(&self, _cx: Context<'_, Self>, _frame: Frame<'_>) {}
+    fn on_disconnect(&self, cx: Context<'_, Self>, reason: &CloseReason) {
+        let s = cx.session;
         self.0.remove(s.id());
-        self.1.on_disconnect(s, reason);
+        self.1.note(reason);
     }
 }
 
@@ -188,7 +201,6 @@ fn slow_consumer_run(builder: zerocast::Builder, grace: Duration) {
 
 #[test]
 fn slow_consumer_over_the_hard_limit_is_closed_at_once() {
-    let _g = serial();
     let b = Engine::builder()
         .workers(1)
         .send_buffer(32 * 1024)
@@ -198,7 +210,6 @@ fn slow_consumer_over_the_hard_limit_is_closed_at_once() {
 
 #[test]
 fn slow_consumer_over_the_soft_limit_is_closed_after_grace() {
-    let _g = serial();
     let grace = Duration::from_millis(500);
     let b = Engine::builder()
         .workers(1)
@@ -209,7 +220,6 @@ fn slow_consumer_over_the_soft_limit_is_closed_after_grace() {
 
 #[test]
 fn graceful_shutdown_flushes_queues_then_closes_at_the_deadline() {
-    let _g = serial();
     const DRAIN: Duration = Duration::from_millis(1500);
     let reasons = Arc::new(Reasons::default());
     let builder = Engine::builder().workers(1).send_buffer(32 * 1024);

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use util::*;
-use zerocast::{CloseReason, Frame, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Frame, Handler, SendBuffer};
 
 /// Echoes, but panics on frames with id 666.
 #[derive(Default)]
@@ -17,18 +17,21 @@ struct Fragile {
 }
 
 impl Handler for Fragile {
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         assert!(frame.id() != 666, "bad packet from {}", session.id());
         let _ = session.send(SendBuffer::from(frame.frame_bytes()));
     }
-    fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
+    fn on_disconnect(&self, _cx: Context<'_, Self>, reason: &CloseReason) {
         self.reasons.lock().unwrap().push(reason.clone());
     }
 }
 
 #[test]
 fn handler_panic_closes_only_that_session() {
-    let _g = serial();
     let fragile = std::sync::Arc::new(Fragile::default());
     // One worker: the panicking session shares it with the healthy ones.
     let (engine, addr) = server(fragile.clone(), 1);

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use util::*;
-use zerocast::servers::Echo;
-use zerocast::{Engine, Frame, Group, Handler, SendBuffer, Session};
+use zerocast::{Context, Engine, Frame, Group, Handler, SendBuffer};
+use zerocast_servers::Echo;
 
 /// Sends one frame to every session on every tick, and records which threads ticked.
 #[derive(Default)]
@@ -17,17 +17,22 @@ struct Ticker {
 }
 
 impl Handler for Ticker {
-    fn on_connect(&self, session: &Session) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_connect(&self, cx: Context<'_, Self>) {
+        let session = cx.session;
         self.everyone.insert(session.clone());
     }
 
-    fn on_frame(&self, _session: &Session, _frame: Frame<'_>) {}
+    fn on_frame(&self, _cx: Context<'_, Self>, _frame: Frame<'_>) {}
 
-    fn on_disconnect(&self, session: &Session, _reason: &zerocast::CloseReason) {
+    fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &zerocast::CloseReason) {
+        let session = cx.session;
         self.everyone.remove(session.id());
     }
 
-    fn on_tick(&self, worker: usize) {
+    fn on_tick(&self, _: &mut (), worker: usize) {
         let name = std::thread::current().name().unwrap_or("?").to_string();
         let mut threads = self.threads.lock().unwrap();
         if !threads.contains(&name) {
@@ -39,7 +44,6 @@ impl Handler for Ticker {
 }
 
 fn ticks_reach_clients(busy_poll: bool) {
-    let _g = serial();
     let ticker = std::sync::Arc::new(Ticker::default());
     let builder = Engine::builder()
         .tick(Duration::from_millis(5))
@@ -76,7 +80,6 @@ fn busy_poll_ticks_without_a_timer() {
 
 #[test]
 fn busy_poll_echoes_and_accounts_busy_time() {
-    let _g = serial();
     let (engine, addr) = server_with(Engine::builder().busy_poll(true).workers(1), Echo);
     let mut c = connect(addr);
     for i in 0..1_000u32 {
@@ -96,14 +99,17 @@ fn busy_poll_echoes_and_accounts_busy_time() {
 fn a_panicking_tick_does_not_stop_the_worker() {
     struct Bad;
     impl Handler for Bad {
-        fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+        type Worker = ();
+        type Session = ();
+
+        fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+            let session = cx.session;
             let _ = session.send(SendBuffer::from(frame.frame_bytes()));
         }
-        fn on_tick(&self, _worker: usize) {
+        fn on_tick(&self, _: &mut (), _worker: usize) {
             panic!("tick failed");
         }
     }
-    let _g = serial();
     let (engine, addr) = server_with(
         Engine::builder().tick(Duration::from_millis(1)).workers(1),
         Bad,

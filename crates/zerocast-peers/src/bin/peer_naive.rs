@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use zerocast::packet::world::{Attack, Chat, Join, Move};
 use zerocast::packet::{FixedPacket, PacketError, VarPacket};
-use zerocast::world::{Core, Deliver, WorldConfig};
 use zerocast::SendBuffer;
 use zerocast_peers::{announce, frame_size, listener, stop_flag, Mode, PeerArgs, HEADER_LEN};
+use zerocast_world::packets::{Attack, Chat, Join, Move};
+use zerocast_world::{Core, Deliver, WorldConfig};
 
 const LISTENER: Token = Token(usize::MAX);
 

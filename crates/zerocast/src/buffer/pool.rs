@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metrics::{CHUNKS_ALLOCATED, CHUNKS_IN_USE};
+use super::{CHUNKS_ALLOCATED, CHUNKS_IN_USE};
 
 /// Size of one pooled send chunk.
 pub const CHUNK_SIZE: usize = 64 * 1024;
@@ -26,7 +26,8 @@ const FREE_MAX: usize = 4;
 
 /// A chunk and whether any of its bytes are lent out.
 ///
-/// Invariant: `lent` is true iff this chunk is counted in `CHUNKS_IN_USE`.
+/// Invariant: `lent` is true iff this chunk is counted in `CHUNKS_IN_USE` and in its thread's
+/// [`Pool::lent`].
 struct Chunk {
     mem: BytesMut,
     lent: bool,
@@ -50,6 +51,7 @@ impl Chunk {
         if self.mem.try_reclaim(CHUNK_SIZE) {
             self.lent = false;
             CHUNKS_IN_USE.add(-1);
+            let _ = LENT.try_with(|l| l.set(l.get().saturating_sub(1)));
             true
         } else {
             false
@@ -60,6 +62,7 @@ impl Chunk {
         if !self.lent {
             self.lent = true;
             CHUNKS_IN_USE.add(1);
+            let _ = LENT.try_with(|l| l.set(l.get() + 1));
         }
     }
 }
@@ -70,6 +73,7 @@ impl Drop for Chunk {
         // tracking it here (thread exit).
         if self.lent {
             CHUNKS_IN_USE.add(-1);
+            let _ = LENT.try_with(|l| l.set(l.get().saturating_sub(1)));
         }
     }
 }
@@ -79,6 +83,17 @@ struct Pool {
     current: Option<Chunk>,
     retired: Vec<Chunk>,
     free: Vec<Chunk>,
+}
+
+thread_local! {
+    /// Chunks of this thread's pool with bytes lent out (what `CHUNKS_IN_USE` counts for this
+    /// thread): a worker reports its own in its engine's counters.
+    static LENT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Chunks of the calling thread's pool that still have bytes lent out.
+pub(crate) fn thread_chunks_in_use() -> usize {
+    LENT.with(std::cell::Cell::get)
 }
 
 impl Pool {
@@ -150,7 +165,7 @@ pub(super) fn carve(capacity: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes
 }
 
 /// Returns the calling thread's chunks whose buffers have all been dropped to its free list,
-/// updating [`Snapshot::chunks_in_use`](crate::Snapshot). Engine workers call it every loop turn;
+/// updating [`chunks_in_use`](super::chunks_in_use). Engine workers call it every loop turn;
 /// call it on an application thread that builds buffers and then stops building.
 pub fn reclaim_thread_pool() {
     let _ = POOL.try_with(|pool| {

@@ -4,9 +4,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use std::panic::Location;
 
+use super::LIVE_SEND_BUFFERS;
 use super::{leaks, pool};
 use crate::frame::Header;
-use crate::metrics::LIVE_SEND_BUFFERS;
 
 /// An immutable, reference-counted byte buffer queued on sessions.
 ///
@@ -20,7 +20,7 @@ use crate::metrics::LIVE_SEND_BUFFERS;
 /// from it has been dropped. A [`Bytes`] you already hold (a received frame you relay, say)
 /// becomes a `SendBuffer` with [`From`], without copying.
 ///
-/// Every handle alive is counted in [`Snapshot::live_send_buffers`](crate::Snapshot) so tests can
+/// Every handle alive is counted in [`live_send_buffers`](super::live_send_buffers) so tests can
 /// assert that nothing leaked.
 #[derive(Debug)]
 pub struct SendBuffer {

@@ -1,243 +1,180 @@
-//! Drivers: the event loops that own sockets.
+//! The workers: one shared worker core and the event loops (backends) it runs on.
 //!
-//! # Backend contract
-//! A backend runs one worker per thread. Each worker owns a set of sessions (their sockets and
-//! I/O state) and must:
-//! - deliver a session's frames in order from its own thread, via the [`Handler`];
-//! - read into receive memory that an idle session does not pin, parse frames in place, and
-//!   hand out borrowed [`Frame`](crate::Frame) views;
-//! - drain a session's [`SendQueue`](crate::session::queue) only while holding its "send
-//!   registered" flag, gathering everything queued into one vectored write, keeping the flag
-//!   across EAGAIN until the socket is writable, and releasing it with `finish`;
-//! - act on the [`Command`]s posted to it (from any thread) in the order they were posted;
-//! - on close: deregister and close the socket, close the session's queue (dropping what it
-//!   holds), call `on_disconnect` once, remove the session from the registry;
-//! - on shutdown: close every session with [`CloseReason::Shutdown`], then mark itself stopped
-//!   so that later commands are resolved without it (no buffer stranded in a dead inbox).
+//! # The worker core
+//! [`core`] owns everything a worker does whatever tells it that a socket is ready or an
+//! operation is done: its sessions and their slots, the commands other threads post, frames
+//! cut and delivered to the handler, the output written once per turn, ticks, deadlines and
+//! housekeeping, accept admission and back-off, graceful shutdown, and the counters.
 //!
-//! The epoll backend lives in [`epoll`], the io_uring backend in [`uring`]; what both do the
-//! same way (framing received bytes, releasing written buffers, deadlines, session
-//! bookkeeping) in [`common`].
+//! # The backend contract
+//! A backend is the operating system's event loop behind a [`Backend`]. It owns no session
+//! state beyond what its operations need, and it promises:
+//!
+//! - **Sockets.** The core hands it listeners ([`Backend::listen`]) and connected sockets
+//!   ([`Backend::add`]), identified by a [`Token`]. The core keeps every socket open until the
+//!   backend has *released* its token: after [`Backend::close`] answers
+//!   [`Closing::Now`], or once it reports [`Event::Released`].
+//! - **Receiving.** Either readiness or completion, whichever the OS offers:
+//!   - a *readiness* backend (epoll) reports [`Event::Readable`] and then reads when the core
+//!     calls [`Backend::recv`] into memory the core chose (its receive chunk, or a split
+//!     frame's own buffer), until the socket is drained;
+//!   - a *completion* backend (io_uring, IOCP) keeps a receive posted into memory it owns
+//!     and reports [`Event::Received`] with a view of the bytes (the memory returns to the
+//!     backend when every view drops). [`Backend::pause`] stops it (the peer half-closed, or
+//!     shutdown), and [`Event::Eof`] or [`Event::Failed`] end it.
+//! - **Sending.** [`Backend::send`] starts a gathered write of a [`WriteBuf`] the core built:
+//!   it either finishes at once ([`Sent::Done`], a readiness backend), or is in flight
+//!   ([`Sent::Pending`]) until [`Event::Sent`]. There is at most one send in flight per
+//!   token, and the core does not touch the `WriteBuf` or release anything its slices point
+//!   into until the send's result is in. A readiness backend reports [`Event::Writable`] when a
+//!   socket that was full has room again.
+//! - **Closing.** [`Backend::close`] stops every operation on a token. A completion backend
+//!   must cancel what is in flight and report [`Event::Released`] only after the *last*
+//!   completion for the token has arrived (the kernel may still be writing into a receive
+//!   buffer or reading a send's slices until then).
+//! - **Accepting.** [`Backend::accept`] starts (or resumes) accepting on a listener and reports
+//!   each connection as [`Event::Accepted`]; when accepting fails for want of descriptors or
+//!   memory it stops and reports [`Event::AcceptFailed`]: the core waits and calls `accept`
+//!   again. [`Backend::stop_accepting`] is for shutdown.
+//! - **Waiting.** [`Backend::wait`] waits until an event or the deadline (`None`: no deadline;
+//!   zero: just look), with at least millisecond precision, and appends events. A wake-up
+//!   posted through the worker's waker ([`Backend::waker`]) ends the wait with
+//!   [`Event::Woken`].
+//! - **Exiting.** [`Backend::finish`] stops the worker's own operations; the core keeps
+//!   waiting while [`Backend::busy`] says completions are still due.
+//! - **Mid-turn writes.** [`Backend::drain_sends`] lets a completion backend push its
+//!   submitted sends to the kernel and report those that finished, before the turn reads on
+//!   (the per-turn output budget); a readiness backend, whose sends finish inline, does nothing.
+//!
+//! Tokens are `generation << 32 | slot index`; a backend may keep per-token state indexed by
+//! slot and trust that the core never reuses a slot before it is released.
+//!
+//! Backends: [`epoll`] (readiness) and [`uring`] (completion).
 
-pub(crate) mod common;
+mod conns;
+pub(crate) mod core;
 pub(crate) mod epoll;
-pub(crate) mod slab;
+mod flush;
+pub(crate) mod inbox;
+mod lifecycle;
+pub(crate) mod metrics;
+mod slab;
 pub(crate) mod uring;
 
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+pub(crate) use crate::conn::outq::WriteBuf;
+
+/// A connection's identity in its worker: `generation << 32 | slot index`.
+pub(crate) type Token = u64;
+
+/// What a backend reports from [`Backend::wait`].
+pub(crate) enum Event {
+    /// A readiness backend: the socket may have data, or the peer hung up (`hup`).
+    Readable { token: Token, hup: bool },
+    /// A readiness backend: a socket that was full has room again.
+    Writable(Token),
+    /// A completion backend: bytes arrived.
+    Received(Token, Bytes),
+    /// A completion backend: the peer ended its stream.
+    Eof(Token),
+    /// An operation on the token failed: the connection is broken.
+    Failed(Token, io::Error),
+    /// A completion backend paused receiving on a token for want of receive memory
+    /// (back-pressure: the data waits in the socket); it resumes by itself.
+    Starved,
+    /// A send finished: the bytes written, or why not.
+    Sent(Token, io::Result<usize>),
+    /// A new connection (the peer's address, when the OS gave it).
+    Accepted {
+        socket: OwnedFd,
+        peer: Option<SocketAddr>,
+    },
+    /// Accepting on `listener` stopped.
+    AcceptFailed { listener: usize, error: io::Error },
+    /// Every operation on a closed token has completed: the core may free its slot.
+    Released(Token),
+    /// The waker was signalled: commands are waiting.
+    Woken,
+}
+
+/// How a send started.
+pub(crate) enum Sent {
+    /// Finished at once: bytes written (possibly fewer than offered: the socket is full), or
+    /// the error.
+    Done(io::Result<usize>),
+    /// In flight: [`Event::Sent`] reports it.
+    Pending,
+}
+
+/// How a close went.
+pub(crate) enum Closing {
+    /// Every operation stopped: the socket may be closed now.
+    Now,
+    /// Operations are being cancelled: wait for [`Event::Released`].
+    Later,
+}
+
+/// What the worker core needs from an event loop; see the [module docs](self).
+pub(crate) trait Backend {
+    /// Wakes the worker from any thread.
+    fn waker(&self) -> std::sync::Arc<dyn Fn() + Send + Sync>;
+
+    /// Starts watching a listener; returns its index.
+    fn listen(&mut self, listener: OwnedFd) -> io::Result<usize>;
+
+    /// Starts (or resumes, after [`Event::AcceptFailed`]) accepting on `listener`.
+    fn accept(&mut self, listener: usize);
+
+    /// Stops accepting on every listener (shutdown).
+    fn stop_accepting(&mut self);
+
+    /// Starts serving a connected socket.
+    fn add(&mut self, token: Token, socket: &OwnedFd) -> io::Result<()>;
+
+    /// A readiness backend: reads into `buf`'s spare capacity, at most `max` bytes.
+    fn recv(&mut self, socket: &OwnedFd, buf: &mut BytesMut, max: usize) -> io::Result<usize>;
+
+    /// Stops receiving on `token` (it keeps sending).
+    fn pause(&mut self, token: Token);
+
+    /// Starts a gathered write.
+    fn send(&mut self, token: Token, socket: &OwnedFd, w: &mut WriteBuf) -> Sent;
+
+    /// Whether sends finish inline ([`Sent::Done`]): the core then corks more per write,
+    /// since a write's cork is free again at once.
+    fn sends_inline(&self) -> bool;
+
+    /// Stops every operation on `token`.
+    fn close(&mut self, token: Token, socket: &OwnedFd) -> Closing;
+
+    /// Waits for events until `timeout`; appends them to `events`.
+    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
+
+    /// Pushes submitted sends to the kernel and appends the [`Event::Sent`] of those that
+    /// finished; other events met are appended too. Returns how many sends finished.
+    fn drain_sends(&mut self, events: &mut Vec<Event>) -> usize;
+
+    /// The worker is exiting: stop worker-level operations (the wake-up, accepting).
+    fn finish(&mut self);
+
+    /// Whether operations are still in flight that the worker must wait for before it exits.
+    fn busy(&self) -> bool;
+}
+
 /// Output a turn may queue before the worker writes it, between reads. 8 MiB: with 1,000
-/// recipients of a 76-byte relay that is a write every ~110 frames per recipient. 1 MiB cut
-/// coalescing so far that a single core no longer kept up with 500 broadcasting clients
-/// (1.75M instead of 2.5M deliveries/s); 32 MiB gained little over 8 and doubled the memory.
+/// recipients of a 76-byte relay that is a write every ~110 frames per recipient. Smaller
+/// budgets cut coalescing; larger ones gain little and hold more memory (measurements in
+/// docs/DESIGN.md, "Send path").
 pub(crate) const TURN_OUTPUT_BUDGET: usize = 8 * 1024 * 1024;
 
-/// A worker of either backend.
-#[allow(clippy::large_enum_variant)] // one per thread, built once
-pub(crate) enum Worker {
-    Epoll(epoll::Worker),
-    Uring(uring::Worker),
-}
+/// How long accepting pauses after running out of descriptors or memory.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-impl Worker {
-    pub(crate) fn run(self) {
-        match self {
-            Self::Epoll(w) => w.run(),
-            Self::Uring(w) => w.run(),
-        }
-    }
-}
-
-use crate::sync::Mutex;
-use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::session::{CloseReason, Session};
-use crate::sync::lock;
-use crate::sys;
-
-/// How a worker runs the commands posted to it; both backends share the loop.
-pub(crate) trait RunCommands {
-    /// The worker's command vector: the inbox is taken into it, and it keeps its capacity.
-    fn scratch(&mut self) -> &mut Vec<Command>;
-
-    /// Carries out one command.
-    fn command(&mut self, cmd: Command);
-
-    /// Runs posted commands until none are left (handlers may post more while they run).
-    /// Returns whether there was any.
-    fn run_commands(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut cmds = std::mem::take(self.scratch());
-            WorkerShared::take_local(&mut cmds);
-            if cmds.is_empty() {
-                *self.scratch() = cmds;
-                return any;
-            }
-            any = true;
-            for cmd in cmds.drain(..) {
-                self.command(cmd);
-            }
-            *self.scratch() = cmds;
-        }
-    }
-}
-
-/// Work posted to a worker.
-pub(crate) enum Command {
-    /// Start accepting on this listener.
-    Listen(OwnedFd),
-    /// Take ownership of a connected socket for this (new) session.
-    Register(OwnedFd, Session),
-    /// A producer won the session's send flag: drain its queue.
-    Flush(Session),
-    /// Close the session.
-    Close(Session, CloseReason),
-    /// Stop accepting; flush every session's queue until the deadline (none: close at once),
-    /// then close everything and stop.
-    Shutdown(Option<std::time::Instant>),
-}
-
-struct Inbox {
-    commands: Vec<Command>,
-    stopped: bool,
-}
-
-/// The part of a worker other threads talk to.
-pub(crate) struct WorkerShared {
-    pub(crate) index: usize,
-    inbox: Mutex<Inbox>,
-    /// True while an eventfd signal is outstanding: producers skip the syscall then.
-    wake_pending: AtomicBool,
-    waker: OwnedFd,
-}
-
-thread_local! {
-    /// The worker running on this thread, if any (compared by address only).
-    static CURRENT: Cell<usize> = const { Cell::new(0) };
-    /// Commands a worker posts to itself from inside its own callbacks: no lock, no syscall.
-    static LOCAL: RefCell<Vec<Command>> = const { RefCell::new(Vec::new()) };
-}
-
-impl WorkerShared {
-    pub(crate) fn new(index: usize) -> std::io::Result<Self> {
-        Ok(Self {
-            index,
-            inbox: Mutex::new(Inbox {
-                commands: Vec::new(),
-                stopped: false,
-            }),
-            wake_pending: AtomicBool::new(false),
-            waker: sys::eventfd()?,
-        })
-    }
-
-    pub(crate) fn waker(&self) -> &OwnedFd {
-        &self.waker
-    }
-
-    fn is_current(&self) -> bool {
-        CURRENT.with(|c| c.get() == self as *const Self as usize)
-    }
-
-    /// Marks the calling thread as this worker's.
-    pub(crate) fn enter(&self) {
-        CURRENT.with(|c| c.set(self as *const Self as usize));
-    }
-
-    /// Posts a command. From the worker's own thread it goes to a local list (drained before the
-    /// worker sleeps); from elsewhere into the inbox, waking the worker at most once per batch.
-    pub(crate) fn post(&self, cmd: Command) {
-        if self.is_current() {
-            LOCAL.with(|l| l.borrow_mut().push(cmd));
-            return;
-        }
-        {
-            let mut inbox = lock(&self.inbox);
-            if !inbox.stopped {
-                inbox.commands.push(cmd);
-                drop(inbox);
-                self.wake();
-                return;
-            }
-        }
-        resolve_offline(cmd);
-    }
-
-    fn wake(&self) {
-        // AcqRel pairs with the worker's clear in `take_inbox`: either the worker clears after
-        // our push (and then sees it), or our swap reads its clear and we signal.
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            if let Err(e) = sys::eventfd_signal(&self.waker) {
-                tracing::error!(worker = self.index, error = %e, "cannot wake worker");
-            }
-        }
-    }
-
-    /// Worker side: takes every posted command into `out`.
-    ///
-    /// Invariant kept: while `wake_pending` is true, the eventfd holds a signal, so the worker
-    /// will wake. Hence the order: drain the eventfd, *then* clear the flag, then look. Clearing
-    /// first would let a producer set the flag and signal in between, and the drain would
-    /// swallow that signal while the flag stayed set: every later producer would skip waking
-    /// a worker that never wakes.
-    pub(crate) fn take_inbox(&self, out: &mut Vec<Command>) {
-        sys::eventfd_drain(&self.waker);
-        // Clear before looking, as in the send hand-off; see `wake`.
-        self.wake_pending.store(false, Ordering::Release);
-        let mut inbox = lock(&self.inbox);
-        if out.is_empty() {
-            std::mem::swap(&mut inbox.commands, out);
-        } else {
-            out.append(&mut inbox.commands);
-        }
-    }
-
-    /// Worker side: if the newest command the worker posted to itself is a flush of `session`,
-    /// removes it and returns true; the caller then owns the send flag that command carried.
-    pub(crate) fn take_own_flush(session: &Session) -> bool {
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            let own = matches!(l.last(), Some(Command::Flush(s)) if s == session);
-            if own {
-                l.pop();
-            }
-            own
-        })
-    }
-
-    /// Worker side: commands the worker posted to itself.
-    pub(crate) fn take_local(out: &mut Vec<Command>) {
-        LOCAL.with(|l| out.append(&mut l.borrow_mut()));
-    }
-
-    /// Worker side, on exit: no command will be handled any more; resolve the ones left.
-    pub(crate) fn stop(&self) {
-        let left = {
-            let mut inbox = lock(&self.inbox);
-            inbox.stopped = true;
-            std::mem::take(&mut inbox.commands)
-        };
-        let local = LOCAL.with(|l| std::mem::take(&mut *l.borrow_mut()));
-        left.into_iter().chain(local).for_each(resolve_offline);
-        CURRENT.with(|c| c.set(0));
-    }
-
-    pub(crate) fn schedule_flush(&self, session: &Session) {
-        self.post(Command::Flush(session.clone()));
-    }
-
-    pub(crate) fn request_close(&self, session: &Session, reason: CloseReason) {
-        self.post(Command::Close(session.clone(), reason));
-    }
-}
-
-/// What a command means once its worker has stopped: release whatever it holds.
-fn resolve_offline(cmd: Command) {
-    match cmd {
-        Command::Register(_, session) | Command::Flush(session) | Command::Close(session, _) => {
-            session.shared.retire();
-        }
-        Command::Listen(_) | Command::Shutdown(_) => {}
-    }
-}
+/// Housekeeping period (deadlines, slow consumers) and the longest sleep.
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(100);

@@ -54,6 +54,11 @@ impl<T> Slab<T> {
         (u64::from(slot.generation) == token >> 32 && slot.value.is_some()).then_some(index)
     }
 
+    pub(crate) fn get(&self, token: u64) -> Option<&T> {
+        let i = self.locate(token)?;
+        self.slots[i].value.as_ref()
+    }
+
     pub(crate) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
         let i = self.locate(token)?;
         self.slots[i].value.as_mut()
@@ -69,8 +74,12 @@ impl<T> Slab<T> {
         slot.value.take()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+    /// The token of the value in slot `index`, if there is one.
+    pub(crate) fn token_at(&self, index: u32) -> Option<u64> {
+        let s = self.slots.get(index as usize)?;
+        s.value
+            .is_some()
+            .then(|| (u64::from(s.generation) << 32) | u64::from(index))
     }
 
     /// Every live value with its token.

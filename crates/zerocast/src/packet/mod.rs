@@ -11,13 +11,11 @@
 //!   [`PacketError`]; [`Router::handle`] closes the offending session with it as the reason
 //!   ([`CloseReason::Packet`](crate::CloseReason)), touching no other session.
 
-pub mod world;
-
 use bytes::BufMut;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::buffer::SendBuffer;
 use crate::frame::{Header, HEADER_LEN};
-use crate::{CloseReason, Frame, SendBuffer, Session};
 
 /// Why a frame is not a valid packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,21 +113,34 @@ pub trait VarPacket: 'static {
 type Route<C> = Box<dyn Fn(&C, &[u8]) -> Result<(), PacketError> + Send + Sync>;
 
 /// Dispatches frames to typed handlers by packet id. `C` is what handlers get besides the
-/// packet: a [`Session`] in a server, anything in a test.
+/// packet: a [`Session`](crate::Session) in a server, anything in a test.
 ///
 /// ```
-/// use zerocast::packet::{world::Attack, FixedPacket, Router};
+/// use zerocast::packet::{FixedPacket, Router};
+/// use zerocopy::little_endian::U64;
+/// use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 ///
-/// let router: Router<Vec<u64>> = Router::new().fixed(|hits: &Vec<u64>, a: &Attack| {
+/// /// A packet with one field, read in place.
+/// #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+/// #[repr(C)]
+/// struct Hit {
+///     target: U64,
+/// }
+///
+/// impl FixedPacket for Hit {
+///     const ID: u16 = 0x0103;
+/// }
+///
+/// let router: Router<Vec<u64>> = Router::new().fixed(|hits: &Vec<u64>, h: &Hit| {
 ///     assert_eq!(hits, &[7]);
-///     assert_eq!(a.target.get(), 42);
+///     assert_eq!(h.target.get(), 42);
 ///     Ok(())
 /// });
-/// let frame = Attack::new(42).encode();
-/// router.dispatch(&vec![7], Attack::ID, &frame.as_bytes()[4..]).unwrap();
+/// let frame = Hit { target: U64::new(42) }.encode();
+/// router.dispatch(&vec![7], Hit::ID, &frame.as_bytes()[4..]).unwrap();
 /// assert!(router.dispatch(&vec![7], 0x7777, &[]).is_err());
 /// ```
-pub struct Router<C = Session> {
+pub struct Router<C> {
     /// Indexed by packet id.
     routes: Vec<Option<Route<C>>>,
 }
@@ -196,72 +207,5 @@ impl<C> Router<C> {
             Some(Some(route)) => route(ctx, payload),
             _ => Err(PacketError::UnknownId { id }),
         }
-    }
-}
-
-impl Router<Session> {
-    /// Dispatches a received frame; on error closes that session with
-    /// [`CloseReason::Packet`] (logged at info) and returns the error.
-    ///
-    /// # Errors
-    /// As [`dispatch`](Router::dispatch); the session is already being closed.
-    pub fn handle(&self, session: &Session, frame: Frame<'_>) -> Result<(), PacketError> {
-        self.dispatch(session, frame.id(), frame.payload())
-            .inspect_err(|e| {
-                tracing::info!(session = %session.id(), error = %e, "bad packet, closing");
-                session.close_with(CloseReason::Packet(e.clone()));
-            })
-    }
-}
-
-/// Fuzzing entry point (used by `fuzz/` and by the corpus replay test): cuts `data` into frames
-/// and dispatches each through a router of every client-to-server world packet whose handlers
-/// re-encode what they decoded. Panics only if an invariant breaks: a decoded packet that does
-/// not re-encode to its own bytes, or an error that misreports the input.
-#[doc(hidden)]
-pub fn fuzz_router(data: &[u8]) {
-    use world::{Attack, Chat, ChatText, Join, Move};
-    fn same(frame: &SendBuffer, payload: &[u8]) -> Result<(), PacketError> {
-        assert_eq!(
-            &frame.as_bytes()[HEADER_LEN..],
-            payload,
-            "re-encodes to its bytes"
-        );
-        Ok(())
-    }
-    let router: Router<()> = Router::new()
-        .fixed(|(), p: &Join| same(&p.encode(), p.as_bytes()))
-        .fixed(|(), p: &Move| {
-            p.check()?;
-            same(&p.encode(), p.as_bytes())
-        })
-        .fixed(|(), p: &Attack| same(&p.encode(), p.as_bytes()))
-        .var::<Chat>(|(), c: ChatText<'_>| {
-            assert!(c.text.len() <= world::MAX_CHAT);
-            let frame = c.encode().expect("decoded text fits");
-            assert_eq!(&frame.as_bytes()[HEADER_LEN..HEADER_LEN + 1], &[c.channel]);
-            assert_eq!(&frame.as_bytes()[HEADER_LEN + 1..], c.text.as_bytes());
-            Ok(())
-        });
-    let decoder = crate::frame::LengthPrefixed::new(crate::frame::LengthPrefixed::MAX);
-    let mut stream = data;
-    while let Ok(crate::frame::Decoded::Frame { len, header, id }) =
-        crate::frame::Decoder::decode(&decoder, stream)
-    {
-        let payload = &stream[header..len];
-        match router.dispatch(&(), id, payload) {
-            Ok(()) => {}
-            Err(PacketError::UnknownId { id: got }) => assert_eq!(got, id),
-            Err(PacketError::WrongLength {
-                id: got, got: n, ..
-            }) => {
-                assert_eq!((got, n), (id, payload.len()));
-            }
-            Err(PacketError::TooShort { got: n, .. }) => assert_eq!(n, payload.len()),
-            Err(PacketError::BadUtf8 { id: got } | PacketError::Invalid { id: got, .. }) => {
-                assert_eq!(got, id);
-            }
-        }
-        stream = &stream[len..];
     }
 }

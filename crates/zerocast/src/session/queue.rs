@@ -1,5 +1,8 @@
-//! The per-session send queue and its "send registered" hand-off. Sans-IO, generic over the
-//! queued item so the loom model runs it with plain integers.
+//! The queue a session keeps for senders on threads that are not engine workers (an
+//! application thread), and its "send registered" hand-off. Senders on the session's own
+//! worker queue directly in the worker's output ([`super::local`]); senders on another worker
+//! batch their sends per target worker. Sans-IO, generic over the queued item so the loom
+//! model runs it with plain integers.
 //!
 //! # Protocol
 //! Producers on any thread [`push`](SendQueue::push). The producer that flips `registered`
@@ -42,8 +45,7 @@ pub(crate) enum Push<T> {
 
 struct Inner<T> {
     items: VecDeque<T>,
-    /// Bytes pushed and not yet reported written with [`SendQueue::written`]: what is queued
-    /// plus what the drainer holds. Never above `limit`.
+    /// Bytes of the items queued. With the owner's own queued bytes, never above `limit`.
     bytes: usize,
     closed: bool,
 }
@@ -75,14 +77,20 @@ impl<T> SendQueue<T> {
     }
 
     /// Queues `items` contiguously (no other producer's item lands between them); `weight`
-    /// is their byte length, tracked for back-pressure.
-    pub(crate) fn push(&self, items: impl IntoIterator<Item = T>, weight: usize) -> Push<()> {
+    /// is their byte length, and `held` the bytes the owner already holds for this session,
+    /// both counted against the limit.
+    pub(crate) fn push(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        weight: usize,
+        held: usize,
+    ) -> Push<()> {
         {
             let mut q = lock(&self.inner);
             if q.closed {
                 return Push::Closed(());
             }
-            if q.bytes.saturating_add(weight) > self.limit {
+            if q.bytes.saturating_add(weight).saturating_add(held) > self.limit {
                 return Push::Overflow;
             }
             q.items.extend(items);
@@ -98,21 +106,17 @@ impl<T> SendQueue<T> {
         }
     }
 
-    /// Moves everything queued to the back of `batch`. Only the flag holder calls this.
+    /// Moves everything queued to the back of `batch`; the bytes then count where the drainer
+    /// puts them. Only the flag holder calls this.
     pub(crate) fn take(&self, batch: &mut VecDeque<T>) {
         let mut q = lock(&self.inner);
+        q.bytes = 0;
         if batch.is_empty() {
             // O(1): both deques keep their capacity, so steady state allocates nothing.
             std::mem::swap(&mut q.items, batch);
         } else {
             batch.extend(q.items.drain(..));
         }
-    }
-
-    /// The drainer wrote `n` bytes: they no longer count against the limit.
-    pub(crate) fn written(&self, n: usize) {
-        let mut q = lock(&self.inner);
-        q.bytes = q.bytes.saturating_sub(n);
     }
 
     /// The drainer's batch is written. Clears the flag, then re-checks the queue. Returns true
@@ -141,9 +145,8 @@ impl<T> SendQueue<T> {
         false
     }
 
-    /// Takes the flag for a drain the owner starts itself (a writable event after EAGAIN keeps
-    /// the flag the drainer already holds, so this is only for owner-initiated flushes, such as
-    /// the final one after the peer half-closed). Returns false if another party holds it.
+    /// Takes the flag as the owner (the loom model starts with a drain in flight).
+    #[cfg(all(test, loom))]
     pub(crate) fn try_register(&self) -> bool {
         !self.registered.swap(true, Ordering::AcqRel)
     }
@@ -156,7 +159,7 @@ impl<T> SendQueue<T> {
         std::mem::take(&mut q.items)
     }
 
-    /// Bytes pushed and not yet written.
+    /// Bytes queued and not yet taken.
     pub(crate) fn queued_bytes(&self) -> usize {
         lock(&self.inner).bytes
     }
@@ -169,44 +172,53 @@ mod tests {
     #[test]
     fn first_push_schedules_then_queues() {
         let q = SendQueue::new();
-        assert_eq!(q.push([1], 1), Push::Schedule);
-        assert_eq!(q.push([2, 3], 2), Push::Queued);
+        assert_eq!(q.push([1], 1, 0), Push::Schedule);
+        assert_eq!(q.push([2, 3], 2, 0), Push::Queued);
+        assert_eq!(q.queued_bytes(), 3);
         let mut batch = VecDeque::new();
         q.take(&mut batch);
         assert_eq!(batch, [1, 2, 3]);
-        assert_eq!(q.queued_bytes(), 3, "taken but unwritten bytes still count");
-        q.written(3);
-        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(
+            q.queued_bytes(),
+            0,
+            "taken bytes count where the drainer holds them"
+        );
         assert!(!q.finish());
-        assert_eq!(q.push([4], 1), Push::Schedule);
+        assert_eq!(q.push([4], 1, 0), Push::Schedule);
     }
 
     #[test]
     fn finish_rearms_when_items_arrived() {
         let q = SendQueue::new();
-        assert_eq!(q.push([1], 1), Push::Schedule);
+        assert_eq!(q.push([1], 1, 0), Push::Schedule);
         let mut batch = VecDeque::new();
         q.take(&mut batch);
-        assert_eq!(q.push([2], 1), Push::Queued);
+        assert_eq!(q.push([2], 1, 0), Push::Queued);
         assert!(q.finish(), "drainer must continue with item 2");
     }
 
     #[test]
     fn push_over_the_limit_is_refused_whole() {
         let q = SendQueue::with_limit(10);
-        assert_eq!(q.push([1, 2], 8), Push::Schedule);
-        assert_eq!(q.push([3], 3), Push::Overflow);
+        assert_eq!(q.push([1, 2], 8, 0), Push::Schedule);
+        assert_eq!(q.push([3], 3, 0), Push::Overflow);
         assert_eq!(q.queued_bytes(), 8);
-        q.written(8);
-        assert_eq!(q.push([3], 3), Push::Queued);
+        let mut batch = VecDeque::new();
+        q.take(&mut batch);
+        assert_eq!(
+            q.push([3], 3, 8),
+            Push::Overflow,
+            "what the owner holds counts too"
+        );
+        assert_eq!(q.push([3], 3, 7), Push::Queued);
     }
 
     #[test]
     fn closed_queue_returns_items() {
         let q = SendQueue::new();
-        q.push([1], 1);
+        q.push([1], 1, 0);
         assert_eq!(q.close(), [1]);
-        assert_eq!(q.push([2], 1), Push::Closed(()));
+        assert_eq!(q.push([2], 1, 0), Push::Closed(()));
     }
 }
 
@@ -255,7 +267,7 @@ mod loom_tests {
                     let (q, drained, log) = (q.clone(), drained.clone(), log.clone());
                     loom::thread::spawn(move || {
                         let who = format!("producer {i}");
-                        let r = q.push([i], 1);
+                        let r = q.push([i], 1, 0);
                         log.lock().unwrap().push(format!("{who} push -> {r:?}"));
                         if r == Push::Schedule {
                             drain(&q, &drained, broken, &who, &log);

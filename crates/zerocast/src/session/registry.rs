@@ -1,11 +1,10 @@
 //! Every open session of an engine, by id.
 
-use crate::sync::Mutex;
 use std::collections::HashMap;
 
 use super::{Session, SessionId};
 use crate::buffer::SendBuffer;
-use crate::sync::lock;
+use crate::sync::{lock, Mutex};
 
 const SHARDS: usize = 16;
 
@@ -24,7 +23,7 @@ impl Registry {
     }
 
     fn shard(&self, id: SessionId) -> &Mutex<HashMap<SessionId, Session>> {
-        &self.shards[(id.0 as usize) % SHARDS]
+        &self.shards[(id.get() as usize) % SHARDS]
     }
 
     pub(crate) fn insert(&self, session: Session) {
@@ -60,11 +59,12 @@ impl Registry {
         }
     }
 
-    /// Queues `bufs` back to back on every open session: one reference per session per buffer,
-    /// no copy. Returns how many sessions took them.
-    pub fn broadcast(&self, bufs: &[SendBuffer]) -> usize {
-        let mut n = 0;
-        self.for_each(|s| n += usize::from(s.send_gather(bufs).is_ok()));
-        n
+    /// Queues `buf` on every open session (see [`Group::broadcast`](crate::Group::broadcast)
+    /// for what it costs). Returns how many sessions took it.
+    pub fn broadcast(&self, buf: &SendBuffer) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| super::broadcast(lock(shard).values(), buf))
+            .sum()
     }
 }

@@ -4,6 +4,8 @@
 //! Only the types the modelled code uses go through here; counters and the event loop use std
 //! directly because the model leaves them out (see `docs/DESIGN.md`).
 
+pub(crate) mod counter;
+
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, Ordering},

@@ -1,13 +1,20 @@
-//! Every system call and unsafe OS interaction of the engine (Linux only).
+//! Every system call and unsafe OS interaction of the engine (Linux).
 //!
-//! Each wrapper owns its `unsafe` and argues it in a `// SAFETY:` comment; callers above this
-//! module never see a raw pointer handed to the kernel.
+//! Each wrapper owns its `unsafe` and argues it in a `// SAFETY:` comment. What cannot be made
+//! safe here (a submission whose memory the kernel reads later) is an `unsafe fn` with a
+//! `# Safety` section, and its callers argue each call. Above this module no code hands a raw
+//! pointer to the kernel.
+//!
+//! - [`socket`]: receive, gathered send, accept, socket options (through `socket2` where it
+//!   has them);
+//! - [`epoll`]: the readiness backend's epoll instance, waiting until a deadline with
+//!   nanosecond precision;
+//! - [`uring`]: the completion backend's ring, its submissions and its provided-buffer ring;
+//! - here: the worker wake-up eventfd and CPU pinning.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-use bytes::{BufMut, BytesMut};
 
 /// Calls a libc function returning `-1` on error and converts that to `io::Error`.
 macro_rules! syscall {
@@ -24,31 +31,11 @@ macro_rules! syscall {
 }
 
 pub(crate) mod epoll;
+pub(crate) mod socket;
+pub(crate) mod uring;
 
-/// Most iovecs one `sendmsg` takes (Linux `UIO_MAXIOV`).
-pub(crate) const IOV_MAX: usize = 1024;
-
-/// Scratch space for the iovecs of one gathered write, reused across writes.
-///
-/// Invariant: empty except during one [`IoVecs::start`] borrow, so the raw pointers it holds
-/// never outlive the buffers they point into nor leave the thread that built them.
-pub(crate) struct IoVecs(Vec<libc::iovec>);
-
-// SAFETY: between uses the vector is empty (see the invariant), so moving it to another thread
-// moves no pointer; only its allocation travels.
-unsafe impl Send for IoVecs {}
-
-impl IoVecs {
-    pub(crate) fn new() -> Self {
-        Self(Vec::with_capacity(IOV_MAX))
-    }
-
-    /// The cleared vector, for one write.
-    pub(crate) fn start(&mut self) -> &mut Vec<libc::iovec> {
-        self.0.clear();
-        &mut self.0
-    }
-}
+/// A socket as the engine holds it.
+pub(crate) type Sock = OwnedFd;
 
 /// Wraps a descriptor the kernel just returned.
 fn owned(fd: RawFd) -> OwnedFd {
@@ -74,7 +61,7 @@ pub(crate) fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
     .map(drop)
 }
 
-/// Resets an eventfd or timerfd counter (EAGAIN when it was already zero is fine).
+/// Resets an eventfd counter (EAGAIN when it was already zero is fine).
 pub(crate) fn eventfd_drain(fd: &OwnedFd) {
     let mut value: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live local u64.
@@ -85,144 +72,16 @@ pub(crate) fn eventfd_drain(fd: &OwnedFd) {
     ));
 }
 
-/// A non-blocking, close-on-exec timer that expires every `period` (CLOCK_MONOTONIC).
-pub(crate) fn timerfd(period: std::time::Duration) -> io::Result<OwnedFd> {
-    let fd = syscall!(timerfd_create(
-        libc::CLOCK_MONOTONIC,
-        libc::TFD_NONBLOCK | libc::TFD_CLOEXEC
-    ))
-    .map(owned)?;
-    let period = libc::timespec {
-        tv_sec: period.as_secs() as libc::time_t,
-        // A zero `it_value` would disarm the timer: at least 1 ns.
-        tv_nsec: libc::c_long::from(period.subsec_nanos().max(u32::from(period.as_secs() == 0))),
-    };
-    let spec = libc::itimerspec {
-        it_interval: period,
-        it_value: period,
-    };
-    // SAFETY: passes a live itimerspec; the old value is not wanted (null is allowed).
-    syscall!(timerfd_settime(
-        fd.as_raw_fd(),
-        0,
-        &spec,
-        std::ptr::null_mut()
-    ))?;
-    Ok(fd)
-}
-
-/// Receives into the spare capacity of `buf`, at most `max` bytes, and extends `buf` by what
-/// arrived. `Ok(0)` is end of stream.
-pub(crate) fn recv(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    let len = spare.len().min(max);
-    // SAFETY: `spare` is writable memory owned by `buf` of at least `len` bytes; the kernel
-    // writes at most `len` bytes into it and reports how many.
-    let n = syscall!(recv(fd, spare.as_mut_ptr().cast(), len, 0))?;
-    let n = n as usize;
-    // SAFETY: the kernel initialised the first `n <= len` bytes of the spare capacity.
-    unsafe { buf.advance_mut(n) };
-    Ok(n)
-}
-
-/// Gathers `iov` into one `sendmsg`. Never raises SIGPIPE (MSG_NOSIGNAL).
-///
-/// # Safety
-/// Every iovec must point to memory valid for reads of its length for the duration of the call.
-pub(crate) unsafe fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; all-zero is its valid empty value.
-    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-    msg.msg_iov = iov.as_ptr().cast_mut();
-    msg.msg_iovlen = iov.len().min(IOV_MAX) as _;
-    // SAFETY: `msg` points to `iov`, whose entries the caller guarantees readable; the kernel
-    // only reads through them.
-    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT))?;
-    Ok(n as usize)
-}
-
-/// Accepts one connection, non-blocking and close-on-exec from birth.
-pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, std::net::SocketAddr)> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` and `len` are live locals sized as the kernel expects.
-    let fd = syscall!(accept4(
-        listener,
-        (&mut storage as *mut libc::sockaddr_storage).cast(),
-        &mut len,
-        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-    ))?;
-    let fd = owned(fd);
-    // SAFETY: the kernel filled `len` bytes of `storage` with the peer's address.
-    let addr = unsafe { socket2::SockAddr::new(storage, len) };
-    let addr = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))?;
-    Ok((fd, addr))
-}
-
-/// Sets an integer socket option.
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a live c_int and its size.
-    syscall!(setsockopt(
-        fd,
-        level,
-        name,
-        (&value as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
-}
-
-/// The address of a connected socket's peer.
-pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<std::net::SocketAddr> {
-    socket2::SockRef::from(fd)
-        .peer_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))
-}
-
-/// Puts a socket in blocking mode: io_uring then waits for readiness inside the kernel instead
-/// of completing an operation with `EAGAIN`.
-pub(crate) fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
-    socket2::SockRef::from(fd).set_nonblocking(false)
-}
-
-/// Turns Nagle's algorithm off: game traffic is small and latency-bound.
-pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
-}
-
-/// Defers choosing the local port of a socket bound to an address with port 0 until
-/// `connect`, so the port only has to be unique for the whole 4-tuple: without it `bind`
-/// reserves a port per source address for any destination, and ports left in TIME_WAIT by
-/// earlier runs are not reused.
-pub(crate) fn set_bind_address_no_port(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
-}
-
-/// Sets the kernel send buffer size (`SO_SNDBUF`; the kernel doubles it for bookkeeping and
-/// stops autotuning it).
-pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
-}
-
 /// Pins the calling thread to one CPU.
 pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "cpu index too large",
         ));
     }
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
     // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: passes a live cpu_set_t and its size; pid 0 is the calling thread.
@@ -237,4 +96,17 @@ pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// Number of CPUs this process may run on.
 pub(crate) fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What an io_uring probe error usually means, for the operator reading the log.
+pub(crate) fn why_no_uring(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "{e}: the kernel.io_uring_disabled sysctl or a seccomp profile (as in containers) \
+             forbids io_uring"
+        ),
+        Some(libc::ENOSYS) => format!("{e}: this kernel has no io_uring"),
+        Some(libc::ENOMEM) => format!("{e}: locked memory limit too low for the rings"),
+        _ => e.to_string(),
+    }
 }

@@ -6,9 +6,9 @@ use bytes::BufMut;
 use zerocopy::little_endian::{F32, U16, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{FixedPacket, PacketError, VarPacket};
-use crate::frame::{Header, HEADER_LEN};
-use crate::SendBuffer;
+use zerocast::frame::{Header, HEADER_LEN};
+use zerocast::packet::{FixedPacket, PacketError, VarPacket};
+use zerocast::SendBuffer;
 
 /// Longest chat text in bytes.
 pub const MAX_CHAT: usize = 512;

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use zerocopy::little_endian::{F32, U16, U64};
 
-use super::rules::{Body, WorldConfig};
 use crate::aoi::{EntityId, Grid, Visibility};
-use crate::packet::world::{
+use crate::packets::{
     channel, reject, Attack, Attacked, Chat, ChatFrom, ChatText, Entered, Join, Left, Move, Moved,
     Rejected, Welcome, PROTOCOL_VERSION,
 };
-use crate::packet::{FixedPacket, PacketError, VarPacket};
-use crate::SendBuffer;
+use crate::rules::{Body, WorldConfig};
+use zerocast::packet::{FixedPacket, PacketError, VarPacket};
+use zerocast::SendBuffer;
 
 /// Where the core's packets go: `buf` is for player `to`, in the order the calls come.
 pub trait Deliver {
@@ -336,7 +336,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::world::Moved;
+    use crate::packets::Moved;
 
     /// Records deliveries as (recipient, packet id).
     #[derive(Default)]

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use util::*;
-use zerocast::packet::world::{
+use zerocast::packet::{FixedPacket, VarPacket};
+use zerocast::Engine;
+use zerocast_world::packets::{
     channel, reject, Attack, Attacked, Chat, ChatFrom, ChatText, Entered, Join, Left, Move, Moved,
     Rejected, Welcome, PROTOCOL_VERSION,
 };
-use zerocast::packet::{FixedPacket, VarPacket};
-use zerocast::world::{World, WorldConfig};
-use zerocast::Engine;
+use zerocast_world::{World, WorldConfig};
 
 /// A 1,000-unit world of 100-unit cells. `max_speed` huge lets tests place players anywhere.
 fn world(max_speed: f32, tick_ms: u64) -> (Engine, SocketAddr, Arc<World>) {

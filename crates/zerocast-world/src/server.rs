@@ -1,6 +1,6 @@
-//! An MMO world server on the engine: players join (the server assigns their ids), move, attack
-//! and chat, nearby or to everyone, and leave; every event reaches the players in range of it
-//! ([`aoi::Grid`](crate::aoi::Grid)). The server is authoritative ([`WorldConfig`]): it
+//! The MMO world server on the engine: players join (the server assigns their ids), move,
+//! attack and chat, nearby or to everyone, and leave; every event reaches the players in range
+//! of it ([`aoi::Grid`](crate::aoi::Grid)). The server is authoritative ([`WorldConfig`]): it
 //! refuses moves faster than the maximum speed or outside the world, and closes the session of
 //! a client that sends a malformed packet (docs/PROTOCOL.md, "World protocol").
 //!
@@ -18,20 +18,18 @@
 //! Build the engine with the world's tick ([`World::configure`]); without ticks nothing would
 //! ever be written.
 
-mod core;
-mod rules;
-
 use std::collections::HashMap;
 use std::time::Instant;
 
-pub use self::core::{Core, Counts, Deliver};
-pub use rules::{Body, WorldConfig};
+use zerocast::metrics::Row;
+use zerocast::packet::{PacketError, Router, VarPacket};
+use zerocast::{Builder, Context, Frame, Handler, SendBuffer, Session};
 
 use crate::aoi::EntityId;
+use crate::core::{Core, Counts, Deliver};
 use crate::lockorder::OrderedMutex;
-use crate::packet::world::{Attack, Chat, Join, Move};
-use crate::packet::{PacketError, Router, VarPacket};
-use crate::{Builder, CloseReason, Frame, Handler, SendBuffer, Session};
+use crate::packets::{Attack, Chat, Join, Move};
+use crate::rules::WorldConfig;
 
 /// A player's connection and what it is sent during the current tick.
 struct Outbox {
@@ -92,49 +90,33 @@ pub struct WorldSnapshot {
 }
 
 impl WorldSnapshot {
-    /// The gauges in the Prometheus text format, `zerocast_world_` prefixed.
-    pub fn to_prometheus(&self) -> String {
-        use std::fmt::Write;
+    /// The figures, named as the engine's are ([`zerocast::metrics::Row`]); a `/metrics`
+    /// endpoint prefixes them `zerocast_world_`.
+    pub fn rows(&self) -> Vec<Row> {
+        use zerocast::metrics::Kind::{Counter as C, Gauge as G};
         let c = &self.counts;
-        let rows = [
-            (
-                "players",
-                "gauge",
-                "Players in the world.",
-                self.players as u64,
-            ),
-            ("joins_total", "counter", "Players joined.", c.joins),
-            ("moves_total", "counter", "Moves accepted.", c.moves),
-            (
-                "rejected_total",
-                "counter",
-                "Packets refused with Rejected.",
-                c.rejected,
-            ),
-            ("attacks_total", "counter", "Attacks accepted.", c.attacks),
-            ("chats_total", "counter", "Chat lines relayed.", c.chats),
-            (
-                "deliveries_total",
-                "counter",
-                "Packets queued for players.",
-                c.deliveries,
-            ),
-            ("ticks_total", "counter", "Worker ticks run.", self.ticks),
-            (
-                "flushes_total",
-                "counter",
+        let row = |name, kind, help, value: u64| Row {
+            name,
+            kind,
+            help,
+            value: value as f64,
+        };
+        vec![
+            row("players", G, "Players in the world.", self.players as u64),
+            row("joins", C, "Players joined.", c.joins),
+            row("moves", C, "Moves accepted.", c.moves),
+            row("rejected", C, "Packets refused with Rejected.", c.rejected),
+            row("attacks", C, "Attacks accepted.", c.attacks),
+            row("chats", C, "Chat lines relayed.", c.chats),
+            row("deliveries", C, "Packets queued for players.", c.deliveries),
+            row("ticks", C, "Worker ticks run.", self.ticks),
+            row(
+                "flushes",
+                C,
                 "Per-player tick batches handed to sessions.",
                 self.flushes,
             ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, v) in rows {
-            let _ = write!(
-                out,
-                "# HELP zerocast_world_{name} {help}\n# TYPE zerocast_world_{name} {kind}\nzerocast_world_{name} {v}\n"
-            );
-        }
-        out
+        ]
     }
 }
 
@@ -142,7 +124,7 @@ impl WorldSnapshot {
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use zerocast::world::{World, WorldConfig};
+/// use zerocast_world::{World, WorldConfig};
 /// use zerocast::Engine;
 ///
 /// let world = Arc::new(World::new(WorldConfig::default()));
@@ -153,7 +135,7 @@ impl WorldSnapshot {
 pub struct World {
     state: std::sync::Arc<OrderedMutex<State>>,
     tick: std::time::Duration,
-    router: Router,
+    router: Router<Session>,
 }
 
 impl World {
@@ -173,7 +155,7 @@ impl World {
         let router = Router::new()
             .fixed(move |s: &Session, p: &Join| {
                 let st = &mut *j.lock();
-                let id = s.id().0;
+                let id = s.id().get();
                 // The outbox first: the welcome and the notices go to it.
                 let fresh = !st.batches.outboxes.contains_key(&id);
                 if fresh {
@@ -192,11 +174,12 @@ impl World {
             })
             .fixed(move |s: &Session, p: &Move| {
                 let st = &mut *m.lock();
-                st.core.step(&mut st.batches, s.id().0, p, Instant::now())
+                st.core
+                    .step(&mut st.batches, s.id().get(), p, Instant::now())
             })
             .fixed(move |s: &Session, p: &Attack| {
                 let st = &mut *a.lock();
-                st.core.attack(&mut st.batches, s.id().0, p)
+                st.core.attack(&mut st.batches, s.id().get(), p)
             });
         Self {
             state,
@@ -228,7 +211,7 @@ impl World {
         let st = &mut *self.state.lock();
         st.core.chat(
             &mut st.batches,
-            session.id().0,
+            session.id().get(),
             line,
             &payload,
             Instant::now(),
@@ -237,7 +220,11 @@ impl World {
 }
 
 impl Handler for World {
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         if frame.id() != Chat::ID {
             let _ = self.router.handle(session, frame);
             return;
@@ -245,20 +232,19 @@ impl Handler for World {
         // Chat is routed here rather than through the router: relaying it by reference needs
         // the frame's shared bytes, not only the decoded view.
         if let Err(e) = self.chat(session, frame) {
-            tracing::info!(session = %session.id(), error = %e, "bad packet, closing");
-            session.close_with(CloseReason::Packet(e));
+            session.close_for_packet(e);
         }
     }
 
-    fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
+    fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &zerocast::CloseReason) {
         let st = &mut *self.state.lock();
-        let id = session.id().0;
+        let id = cx.session.id().get();
         st.batches.outboxes.remove(&id);
         st.core.leave(&mut st.batches, id);
     }
 
     /// Hands each pending list of this worker's players to its session.
-    fn on_tick(&self, worker: usize) {
+    fn on_tick(&self, _: &mut (), worker: usize) {
         let st = &mut *self.state.lock();
         st.ticks += 1;
         let b = &mut st.batches;
@@ -271,7 +257,9 @@ impl Handler for World {
                 o.listed = false;
                 st.flushes += u64::from(!o.pending.is_empty());
                 // A closed session drops its list: the player leaves at its disconnect.
-                let _ = o.session.send_batch(&mut o.pending);
+                if o.session.send_batch(&mut o.pending).is_err() {
+                    o.pending.clear();
+                }
             }
         }
         ids.clear();

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use util::*;
-use zerocast::aoi::{Grid, Visibility};
-use zerocast::packet::world::Move;
 use zerocast::packet::{FixedPacket, PacketError, Router};
-use zerocast::{CloseReason, Frame, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Frame, Handler, SendBuffer, Session};
+use zerocast_world::aoi::{Grid, Visibility};
+use zerocast_world::packets::Move;
 
 const MOVED: u16 = 0x0202;
 const ENTERED: u16 = 0x0203;
@@ -29,7 +29,7 @@ fn notice(id: u16, who: u64) -> SendBuffer {
 /// A minimal world: the first `Move` places a player, later ones move it.
 struct World {
     grid: std::sync::Arc<Mutex<Grid<Session>>>,
-    router: Router,
+    router: Router<Session>,
 }
 
 impl World {
@@ -38,7 +38,7 @@ impl World {
         let g = grid.clone();
         let router = Router::new().fixed(move |s: &Session, m: &Move| {
             m.check()?;
-            let me = s.id().0;
+            let me = s.id().get();
             let mut grid = g.lock().unwrap();
             let v = if grid.get(me).is_some() {
                 grid.move_to(me, m.x.get(), m.y.get())
@@ -70,13 +70,18 @@ fn tell(grid: &Grid<Session>, me_session: &Session, me: u64, v: &Visibility) {
 }
 
 impl Handler for World {
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         let _ = self.router.handle(session, frame);
     }
 
-    fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
+    fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &CloseReason) {
+        let session = cx.session;
         let mut grid = self.grid.lock().unwrap();
-        let me = session.id().0;
+        let me = session.id().get();
         let v = grid.remove(me);
         for other in v.left {
             if let Some(o) = grid.get(other) {
@@ -112,7 +117,6 @@ fn place(s: &mut std::net::TcpStream, x: f32, y: f32) {
 
 #[test]
 fn moves_reach_neighbours_only_and_crossing_cells_sends_enter_and_leave() {
-    let _g = serial();
     let world = std::sync::Arc::new(World::new());
     // One worker, one listener: session ids follow the connect order (1, 2, 3).
     let (engine, addr) = server_with(zerocast::Engine::builder().workers(1), world.clone());

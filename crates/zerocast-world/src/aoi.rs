@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::{SendBuffer, Session};
+use zerocast::{SendBuffer, Session};
 
 /// A member's key: the player id.
 pub type EntityId = u64;

@@ -7,13 +7,13 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use util::*;
-use zerocast::packet::world::{Attack, Chat, ChatText, Join, Move};
 use zerocast::packet::{FixedPacket, PacketError, Router, VarPacket};
-use zerocast::{CloseReason, Frame, Handler, SendBuffer, Session};
+use zerocast::{CloseReason, Context, Frame, Handler, SendBuffer, Session};
+use zerocast_world::packets::{Attack, Chat, ChatText, Join, Move};
 
 /// Answers each valid packet with a frame naming what it decoded.
 struct Server {
-    router: Router,
+    router: Router<Session>,
     closed: Mutex<Vec<CloseReason>>,
 }
 
@@ -42,11 +42,15 @@ fn reply(s: &Session, text: String) -> Result<(), PacketError> {
 }
 
 impl Handler for Server {
-    fn on_frame(&self, session: &Session, frame: Frame<'_>) {
+    type Worker = ();
+    type Session = ();
+
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let session = cx.session;
         let _ = self.router.handle(session, frame);
     }
 
-    fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+    fn on_disconnect(&self, _cx: Context<'_, Self>, reason: &CloseReason) {
         self.closed.lock().unwrap().push(reason.clone());
     }
 }
@@ -59,7 +63,6 @@ fn answer(s: &mut std::net::TcpStream) -> String {
 
 #[test]
 fn valid_packets_are_dispatched_and_malformed_ones_close_only_their_sender() {
-    let _g = serial();
     let server = std::sync::Arc::new(Server::new());
     let (engine, addr) = server_with(zerocast::Engine::builder().workers(2), server.clone());
     let mut good = connect(addr);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::packet::world::{reject, Move};
+use crate::packets::{reject, Move};
 
 /// The world's settings.
 #[derive(Debug, Clone, PartialEq)]

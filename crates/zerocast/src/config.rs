@@ -1,0 +1,154 @@
+//! The engine's settings. Applications set them through [`Builder`](crate::Builder); the
+//! workers read them here.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::frame::{Decoder, LengthPrefixed};
+use crate::sys;
+
+/// Which event loop the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Edge-triggered epoll: readiness, then a system call per read and per write. The
+    /// default: it measured ahead here (docs/BENCHMARKS.md, "io_uring against epoll").
+    #[default]
+    Epoll,
+    /// io_uring: completions, receive buffers picked by the kernel when data arrives, one
+    /// `io_uring_enter` per loop turn. Building an engine fails if the kernel cannot do it.
+    Uring,
+    /// io_uring if the kernel supports every operation the backend needs, otherwise epoll,
+    /// with a log line saying why (io_uring can be disabled by sysctl or seccomp).
+    Auto,
+}
+
+impl Backend {
+    /// `epoll`, `uring` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::Uring => "uring",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Parses [`name`](Self::name)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "epoll" => Some(Self::Epoll),
+            "uring" | "io_uring" => Some(Self::Uring),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+
+    /// The backend the `ZEROCAST_BACKEND` environment variable names, if it is set (a
+    /// warning is logged, and `None` returned, for a value that names none).
+    pub fn from_env() -> Option<Self> {
+        let v = std::env::var("ZEROCAST_BACKEND").ok()?;
+        let b = Self::parse(&v);
+        if b.is_none() {
+            tracing::warn!(
+                value = %v,
+                "ZEROCAST_BACKEND is not epoll, uring or auto: ignored, using the default"
+            );
+        }
+        b
+    }
+
+    /// The backend `self` resolves to on this kernel.
+    ///
+    /// # Errors
+    /// [`Backend::Uring`] on a kernel that cannot run it.
+    pub fn resolve(self) -> io::Result<Self> {
+        use crate::driver::uring::Uring;
+        match self {
+            Self::Epoll => Ok(Self::Epoll),
+            Self::Uring => Uring::probe().map(|()| Self::Uring).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the io_uring backend cannot run here: {}",
+                        sys::why_no_uring(&e)
+                    ),
+                )
+            }),
+            Self::Auto => match Uring::probe() {
+                Ok(()) => Ok(Self::Uring),
+                Err(e) => {
+                    tracing::info!(reason = %sys::why_no_uring(&e), "io_uring unavailable, using epoll");
+                    Ok(Self::Epoll)
+                }
+            },
+        }
+    }
+}
+
+/// Engine settings; each is documented on its [`Builder`](crate::Builder) method.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) cpus: Vec<usize>,
+    pub(crate) max_frame: usize,
+    pub(crate) backlog: i32,
+    pub(crate) reuse_port: bool,
+    pub(crate) recv_chunk: usize,
+    pub(crate) read_budget: usize,
+    pub(crate) decoder: Option<Arc<dyn Decoder>>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) first_frame_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) soft_queued_bytes: usize,
+    pub(crate) slow_consumer_grace: Duration,
+    pub(crate) send_buffer: Option<usize>,
+    pub(crate) tick: Option<Duration>,
+    pub(crate) busy_poll: bool,
+    pub(crate) backend: Backend,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workers: sys::available_cpus(),
+            cpus: Vec::new(),
+            max_frame: LengthPrefixed::MAX,
+            backlog: 4096,
+            reuse_port: false,
+            recv_chunk: 64 * 1024,
+            read_budget: 8,
+            decoder: None,
+            max_connections: None,
+            first_frame_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_queued_bytes: 16 * 1024 * 1024,
+            soft_queued_bytes: 1024 * 1024,
+            slow_consumer_grace: Duration::from_secs(5),
+            send_buffer: None,
+            tick: None,
+            busy_poll: false,
+            backend: Backend::Epoll,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings against each other.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        let bad = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()));
+        if self.workers == 0 {
+            return bad("workers must be at least 1");
+        }
+        if self.backlog <= 0 {
+            return bad("the listen backlog must be positive");
+        }
+        if self.recv_chunk < 4096 {
+            return bad("the receive chunk must be at least 4096 bytes");
+        }
+        if self.read_budget == 0 {
+            return bad("the read budget must be at least 1");
+        }
+        Ok(())
+    }
+}

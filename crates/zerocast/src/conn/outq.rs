@@ -1,0 +1,425 @@
+//! What is queued to be written on a connection, and how a write is built and accounted.
+//!
+//! A queued message is a [`Piece`]: a byte range of a buffer held once in the worker's
+//! [`Keeps`], however many connections queue it. Queueing a broadcast on a recipient is a push
+//! of three integers and a count increment, with no atomic operation: the buffer's reference
+//! count is taken once per broadcast, not once per recipient.
+//!
+//! A write is built by [`OutQueue::gather`]: small pieces (game messages of tens of bytes) are
+//! *copied* into one contiguous cork buffer, because handing the kernel one segment of a few
+//! kilobytes costs less than handing it dozens of tiny ones (its copy loop walks them one by
+//! one); pieces of [`ZERO_COPY_MIN`] bytes or more are referenced where they lie. The kernel
+//! copies every byte into the socket anyway; the cork copy is the cheaper way to give them.
+//!
+//! ```text
+//!  Keeps (one buffer, many pieces)      OutQueue of one connection
+//!  +----+--------------------------+    +---------+---------+---------+
+//!  | k0 | [hdr|id|x y z v]  refs 3 |<---| k0 0..28| k2 0..28| k5 ...  |  head: bytes of the
+//!  | k2 | [hdr|id|x y z v]  refs 3 |    +---------+---------+---------+  first piece written
+//!  +----+--------------------------+          |  gather
+//!                                             v
+//!            WriteBuf: cork [k0 bytes|k2 bytes|...]  slices: [cork 0..n][big buffer]...
+//! ```
+
+use std::collections::VecDeque;
+
+use crate::buffer::SendBuffer;
+use crate::sys::socket::{raw_slice, RawSlice};
+
+/// Pieces at least this long are written from where they lie (a slice of their own); shorter
+/// ones are copied into the write's cork buffer.
+pub(crate) const ZERO_COPY_MIN: usize = 2048;
+/// Most bytes one write offers.
+pub(crate) const MAX_WRITE: usize = 256 * 1024;
+/// Most bytes a write in flight keeps copied in its cork (a completion backend holds one cork
+/// per session with a send in flight, so this bounds that memory); a readiness backend's
+/// write finishes inline and may cork up to [`MAX_WRITE`].
+pub(crate) const CORK_IN_FLIGHT: usize = 64 * 1024;
+/// Queue capacity (in pieces) kept across writes; a burst that grew it beyond is released once
+/// the queue empties.
+const QUEUE_KEEP: usize = 64;
+
+/// Index of a buffer in [`Keeps`].
+pub(crate) type KeepId = u32;
+
+/// Buffers queued on a worker's connections, each held once, with the number of pieces that
+/// refer to it.
+///
+/// Invariant: a slot with `refs > 0` holds its buffer; a slot is on the free list iff it holds
+/// none. `live` counts the slots holding a buffer.
+#[derive(Default)]
+pub(crate) struct Keeps {
+    slots: Vec<Keep>,
+    free: Vec<KeepId>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct Keep {
+    buf: Option<SendBuffer>,
+    refs: u32,
+}
+
+impl Keeps {
+    pub(crate) const fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Holds `buf` with no piece referring to it yet; [`settle`](Self::settle) it once the
+    /// pieces are queued.
+    pub(crate) fn insert(&mut self, buf: SendBuffer) -> KeepId {
+        self.live += 1;
+        match self.free.pop() {
+            Some(k) => {
+                self.slots[k as usize].buf = Some(buf);
+                k
+            }
+            None => {
+                self.slots.push(Keep {
+                    buf: Some(buf),
+                    refs: 0,
+                });
+                (self.slots.len() - 1) as KeepId
+            }
+        }
+    }
+
+    /// Releases `k` if no piece refers to it (every recipient had closed).
+    pub(crate) fn settle(&mut self, k: KeepId) {
+        if self.slots[k as usize].refs == 0 {
+            self.drop_slot(k);
+        }
+    }
+
+    /// The buffer's bytes.
+    pub(crate) fn bytes(&self, k: KeepId) -> &[u8] {
+        self.slots[k as usize].buf.as_deref().unwrap_or(&[])
+    }
+
+    fn retain(&mut self, k: KeepId) {
+        self.slots[k as usize].refs += 1;
+    }
+
+    fn release(&mut self, k: KeepId) {
+        let slot = &mut self.slots[k as usize];
+        slot.refs -= 1;
+        if slot.refs == 0 {
+            self.drop_slot(k);
+        }
+    }
+
+    fn drop_slot(&mut self, k: KeepId) {
+        if self.slots[k as usize].buf.take().is_some() {
+            self.live -= 1;
+            self.free.push(k);
+        }
+    }
+
+    /// Buffers held.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+}
+
+/// A byte range of a kept buffer, queued on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub(crate) keep: KeepId,
+    pub(crate) off: u32,
+    pub(crate) len: u32,
+}
+
+/// A connection's queued output, in order.
+///
+/// Invariant: `head < pieces[0].len` whenever `pieces` is non-empty (a fully written piece is
+/// released at once), and `bytes` is the sum of the pieces' lengths minus `head`.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    pieces: VecDeque<Piece>,
+    head: u32,
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// Queues `len` bytes of `keep` from `off`. A piece that continues the last one in the
+    /// same buffer extends it.
+    pub(crate) fn push(&mut self, keeps: &mut Keeps, keep: KeepId, off: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        self.bytes += len as usize;
+        if let Some(last) = self.pieces.back_mut() {
+            if last.keep == keep && last.off + last.len == off {
+                last.len += len;
+                return;
+            }
+        }
+        keeps.retain(keep);
+        self.pieces.push_back(Piece { keep, off, len });
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Builds the next write into `w`: at most [`MAX_WRITE`] bytes, `max_slices` slices and
+    /// `max_cork` bytes copied. Returns the bytes offered.
+    pub(crate) fn gather(
+        &self,
+        keeps: &Keeps,
+        w: &mut WriteBuf,
+        max_slices: usize,
+        max_cork: usize,
+    ) -> usize {
+        w.clear();
+        let mut offered = 0;
+        for (i, p) in self.pieces.iter().enumerate() {
+            let skip = if i == 0 { self.head } else { 0 };
+            let start = (p.off + skip) as usize;
+            let end = (p.off + p.len) as usize;
+            let take = (end - start).min(MAX_WRITE - offered);
+            let bytes = &keeps.bytes(p.keep)[start..start + take];
+            if bytes.len() >= ZERO_COPY_MIN {
+                if w.plan.len() == max_slices {
+                    break;
+                }
+                w.plan.push(Slice::Ref(bytes.as_ptr(), bytes.len()));
+            } else {
+                if w.cork.len() + bytes.len() > max_cork && offered > 0 {
+                    break;
+                }
+                match w.plan.last_mut() {
+                    Some(Slice::Cork(_, n)) => *n += bytes.len(),
+                    _ => {
+                        if w.plan.len() == max_slices {
+                            break;
+                        }
+                        w.plan.push(Slice::Cork(w.cork.len(), bytes.len()));
+                    }
+                }
+                w.cork.extend_from_slice(bytes);
+            }
+            offered += take;
+            if offered == MAX_WRITE {
+                break;
+            }
+        }
+        // The cork is complete: its address is stable from here to the end of the write.
+        let cork = w.cork.as_ptr();
+        w.slices.extend(w.plan.iter().map(|s| match *s {
+            Slice::Cork(at, n) => raw_slice(cork.wrapping_add(at), n),
+            Slice::Ref(p, n) => raw_slice(p, n),
+        }));
+        w.offered = offered;
+        offered
+    }
+
+    /// The kernel took `written` bytes of what was offered: releases the pieces it finished.
+    /// Returns how many it finished.
+    pub(crate) fn advance(&mut self, written: usize, keeps: &mut Keeps) -> usize {
+        debug_assert!(written <= self.bytes);
+        let mut left = written + self.head as usize;
+        let mut done = 0;
+        while let Some(front) = self.pieces.front() {
+            if front.len as usize > left {
+                break;
+            }
+            left -= front.len as usize;
+            keeps.release(front.keep);
+            self.pieces.pop_front();
+            done += 1;
+        }
+        self.head = left as u32;
+        self.bytes -= written;
+        if self.pieces.is_empty() && self.pieces.capacity() > QUEUE_KEEP {
+            self.pieces = VecDeque::new();
+        }
+        done
+    }
+
+    /// Drops everything queued.
+    pub(crate) fn clear(&mut self, keeps: &mut Keeps) {
+        for p in self.pieces.drain(..) {
+            keeps.release(p.keep);
+        }
+        self.head = 0;
+        self.bytes = 0;
+        self.pieces = VecDeque::new();
+    }
+}
+
+/// Where one slice of a write lies, before the cork buffer's address is final.
+#[derive(Clone, Copy)]
+enum Slice {
+    Cork(usize, usize),
+    Ref(*const u8, usize),
+}
+
+/// One write being made: the cork buffer the small pieces were copied into, and the slices
+/// handed to the kernel.
+///
+/// Invariant (lifetime): the slices point into `cork` and into buffers held by [`Keeps`] for
+/// pieces still queued. Neither moves nor is released while the write is in flight: the cork
+/// is not touched until the write's result is in, and a piece is released only by
+/// [`OutQueue::advance`] with that result (or with the connection, once every operation on it
+/// has completed).
+#[derive(Default)]
+pub(crate) struct WriteBuf {
+    cork: Vec<u8>,
+    plan: Vec<Slice>,
+    pub(crate) slices: Vec<RawSlice>,
+    /// Bytes the slices cover.
+    pub(crate) offered: usize,
+    /// The backend's own state for this write (the `msghdr` of an io_uring `sendmsg`).
+    pub(crate) os: crate::sys::socket::MsgHdr,
+}
+
+impl WriteBuf {
+    fn clear(&mut self) {
+        self.cork.clear();
+        self.plan.clear();
+        self.slices.clear();
+        self.offered = 0;
+    }
+
+    /// Gives back memory a large write grew, keeping what a typical write needs.
+    pub(crate) fn trim(&mut self) {
+        if self.cork.capacity() > MAX_WRITE {
+            self.cork = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(w: &WriteBuf, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in &w.slices {
+            // SAFETY: the test reads the slices while `w` and the kept buffers are alive.
+            let b = unsafe { std::slice::from_raw_parts(s.iov_base as *const u8, s.iov_len) };
+            out.extend_from_slice(b);
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn keep(keeps: &mut Keeps, bytes: &[u8]) -> KeepId {
+        keeps.insert(SendBuffer::copy_from_slice(bytes))
+    }
+
+    #[test]
+    fn partial_writes_resume_byte_exact_and_release_what_they_finish() {
+        let mut keeps = Keeps::default();
+        let mut q = OutQueue::default();
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        for m in &msgs {
+            let k = keep(&mut keeps, m);
+            q.push(&mut keeps, k, 0, m.len() as u32);
+            keeps.settle(k);
+        }
+        let all: Vec<u8> = msgs.concat();
+        assert_eq!(q.bytes(), all.len());
+        let mut w = WriteBuf::default();
+        let mut out = Vec::new();
+        // The kernel takes 7 bytes at a time: pieces cut anywhere, even mid-piece.
+        while !q.is_empty() {
+            let offered = q.gather(&keeps, &mut w, 1024, MAX_WRITE);
+            assert_eq!(offered, q.bytes());
+            let n = offered.min(7);
+            out.extend(written(&w, n));
+            q.advance(n, &mut keeps);
+            assert_eq!(keeps.live(), msgs.len() - msgs_done(&out, &msgs));
+        }
+        assert_eq!(out, all);
+        assert_eq!(keeps.live(), 0, "every buffer released");
+    }
+
+    fn msgs_done(out: &[u8], msgs: &[Vec<u8>]) -> usize {
+        let mut n = 0;
+        let mut total = 0;
+        for m in msgs {
+            total += m.len();
+            if total <= out.len() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn small_pieces_are_corked_into_one_slice_and_large_ones_referenced() {
+        let mut keeps = Keeps::default();
+        let mut q = OutQueue::default();
+        let small = keep(&mut keeps, &[1; 30]);
+        let big = keep(&mut keeps, &[2; ZERO_COPY_MIN]);
+        for _ in 0..3 {
+            q.push(&mut keeps, small, 0, 30);
+        }
+        q.push(&mut keeps, big, 0, ZERO_COPY_MIN as u32);
+        q.push(&mut keeps, small, 0, 30);
+        keeps.settle(small);
+        keeps.settle(big);
+        let mut w = WriteBuf::default();
+        assert_eq!(
+            q.gather(&keeps, &mut w, 1024, MAX_WRITE),
+            120 + ZERO_COPY_MIN
+        );
+        assert_eq!(w.slices.len(), 3, "cork, big, cork");
+        assert_eq!(w.slices[0].iov_len, 90);
+        assert_eq!(
+            w.slices[1].iov_base as *const u8,
+            keeps.bytes(big).as_ptr(),
+            "the big piece is not copied"
+        );
+        // A broadcast's one buffer is held once, whatever number of pieces refer to it.
+        assert_eq!(keeps.live(), 2);
+        q.clear(&mut keeps);
+        assert_eq!(keeps.live(), 0);
+    }
+
+    #[test]
+    fn a_piece_continuing_the_last_one_extends_it() {
+        let mut keeps = Keeps::default();
+        let mut q = OutQueue::default();
+        let k = keep(&mut keeps, b"abcdef");
+        q.push(&mut keeps, k, 0, 2);
+        q.push(&mut keeps, k, 2, 2);
+        q.push(&mut keeps, k, 5, 1);
+        keeps.settle(k);
+        assert_eq!(q.pieces.len(), 2);
+        let mut w = WriteBuf::default();
+        let n = q.gather(&keeps, &mut w, 16, MAX_WRITE);
+        assert_eq!(written(&w, n), b"abcdf");
+        q.advance(n, &mut keeps);
+        assert_eq!(keeps.live(), 0);
+    }
+
+    #[test]
+    fn a_write_is_capped_in_bytes_and_slices() {
+        let mut keeps = Keeps::default();
+        let mut q = OutQueue::default();
+        let big = keep(&mut keeps, &vec![3; MAX_WRITE]);
+        q.push(&mut keeps, big, 0, MAX_WRITE as u32);
+        q.push(&mut keeps, big, 0, 100);
+        let mut w = WriteBuf::default();
+        assert_eq!(q.gather(&keeps, &mut w, 1024, MAX_WRITE), MAX_WRITE);
+        let mut q = OutQueue::default();
+        let b = keep(&mut keeps, &[4; ZERO_COPY_MIN]);
+        for _ in 0..5 {
+            q.push(&mut keeps, b, 0, ZERO_COPY_MIN as u32);
+        }
+        assert_eq!(q.gather(&keeps, &mut w, 3, MAX_WRITE), 3 * ZERO_COPY_MIN);
+        assert_eq!(w.slices.len(), 3);
+    }
+}

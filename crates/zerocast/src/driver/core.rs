@@ -1,0 +1,498 @@
+//! The worker core: one per worker thread, the same for every backend.
+//!
+//! A turn: wait for events (or the next deadline), handle them in order (reads deliver
+//! frames; handlers queue output), retry reads that spent their budget, run the tick if due,
+//! run the commands posted, write every session that has output (one gathered write each),
+//! post the batches bound for other workers, and every 100 ms check deadlines.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conns::{slot_of, Conn};
+use super::inbox::{Command, WorkerShared};
+use super::metrics::WorkerMetrics;
+use super::slab::Slab;
+use super::{Backend, Event, Token, ACCEPT_BACKOFF, HOUSEKEEPING};
+use crate::buffer::{self, RecvChunk};
+use crate::config::Config;
+use crate::conn::outq::WriteBuf;
+use crate::conn::timing::Limits;
+use crate::frame::Decoder;
+use crate::handler::Hosted;
+use crate::session::{self, CloseReason, Notice, Registry, Session, SessionId, SessionShared};
+use crate::sync::counter::Striped;
+
+/// What an engine's workers share.
+pub(crate) struct EngineShared {
+    pub(crate) config: Config,
+    pub(crate) decoder: Arc<dyn Decoder>,
+    pub(crate) registry: Registry,
+    /// Outgoing connections established (counted on the connecting thread).
+    pub(crate) connected: Striped,
+    next_id: AtomicU64,
+    /// Accepted sessions open, for the connection cap.
+    accepted_open: AtomicUsize,
+}
+
+impl EngineShared {
+    pub(crate) fn new(config: Config, decoder: Arc<dyn Decoder>) -> Self {
+        Self {
+            config,
+            decoder,
+            registry: Registry::new(),
+            connected: Striped::new(),
+            next_id: AtomicU64::new(1),
+            accepted_open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts an accepted session in, unless the engine is at its connection cap.
+    pub(crate) fn admit(&self) -> bool {
+        let max = self.config.max_connections.unwrap_or(usize::MAX);
+        self.accepted_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts an accepted session out.
+    pub(crate) fn release(&self) {
+        self.accepted_open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A new session owned by `worker`.
+    pub(crate) fn new_session(&self, peer: SocketAddr, worker: &Arc<WorkerShared>) -> Session {
+        let id = SessionId::new(self.next_id.fetch_add(1, Ordering::Relaxed));
+        Session {
+            shared: Arc::new(SessionShared::new(
+                id,
+                peer,
+                worker.clone(),
+                worker.id(),
+                worker.index as u32,
+                self.config.max_queued_bytes,
+            )),
+        }
+    }
+}
+
+/// One worker: its backend, its sessions, and everything it keeps between turns.
+pub(crate) struct Core<B: Backend> {
+    pub(super) b: B,
+    pub(super) shared: Arc<WorkerShared>,
+    pub(super) ctx: Arc<EngineShared>,
+    pub(super) app: Box<dyn Hosted>,
+    pub(super) m: Arc<WorkerMetrics>,
+    pub(super) conns: Slab<Conn>,
+    /// Receive memory for readiness backends.
+    pub(super) recv: RecvChunk,
+    /// Events to handle, oldest first (a mid-turn budget flush may add to it).
+    pub(super) events: VecDeque<Event>,
+    /// Scratch for the backend's `wait`.
+    fresh: Vec<Event>,
+    commands: Vec<Command>,
+    /// Sessions whose read budget ran out with data possibly left: read again next turn.
+    pub(super) again: Vec<Token>,
+    /// Scratch list of slots to write.
+    pub(super) dirty: Vec<u32>,
+    /// Write buffers kept for reuse, boxed: a completion backend's kernel reads a write's
+    /// `msghdr` while it is in flight, so each keeps its address when moved.
+    #[allow(clippy::vec_box)]
+    pub(super) writes: Vec<Box<WriteBuf>>,
+    /// Scratch for taking a session's own queue.
+    pub(super) taken: VecDeque<crate::buffer::SendBuffer>,
+    limits: Limits,
+    epoch: Instant,
+    pub(super) now: Instant,
+    /// `now` in milliseconds since `epoch` (the connections' clock).
+    pub(super) now_ms: u32,
+    last_housekeeping: Instant,
+    next_tick: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    accept_stopped: Vec<usize>,
+    last_accept_warning: Option<Instant>,
+    pub(super) shutdown_at: Option<Instant>,
+    exit: bool,
+    /// Sessions open (the slab also holds closed ones awaiting their release).
+    pub(super) open: usize,
+}
+
+fn ms(d: Option<Duration>) -> Option<u32> {
+    d.map(|d| d.as_millis().min(u128::from(u32::MAX - 1)) as u32)
+}
+
+impl<B: Backend> Core<B> {
+    pub(crate) fn new(
+        b: B,
+        shared: Arc<WorkerShared>,
+        ctx: Arc<EngineShared>,
+        app: Box<dyn Hosted>,
+        m: Arc<WorkerMetrics>,
+    ) -> Self {
+        let now = Instant::now();
+        let cfg = &ctx.config;
+        let limits = Limits {
+            first_frame: ms(cfg.first_frame_timeout),
+            idle: ms(cfg.idle_timeout),
+            soft_queued: cfg.soft_queued_bytes,
+            grace: ms(Some(cfg.slow_consumer_grace)).unwrap_or(0),
+        };
+        Self {
+            recv: RecvChunk::new(cfg.recv_chunk),
+            next_tick: cfg.tick.map(|p| now + p),
+            limits,
+            b,
+            shared,
+            app,
+            m,
+            conns: Slab::new(),
+            events: VecDeque::with_capacity(1024),
+            fresh: Vec::with_capacity(1024),
+            commands: Vec::new(),
+            again: Vec::new(),
+            dirty: Vec::new(),
+            writes: Vec::new(),
+            taken: VecDeque::new(),
+            epoch: now,
+            now,
+            now_ms: 0,
+            last_housekeeping: now,
+            accept_paused_until: None,
+            accept_stopped: Vec::new(),
+            last_accept_warning: None,
+            shutdown_at: None,
+            exit: false,
+            open: 0,
+            ctx,
+        }
+    }
+
+    /// Runs the worker until it shuts down.
+    pub(crate) fn run(mut self) {
+        self.shared.enter();
+        self.app.start(self.shared.index);
+        let mut again = Vec::new();
+        while !self.exit || self.b.busy() {
+            let timeout = self.timeout();
+            let mut fresh = std::mem::take(&mut self.fresh);
+            if let Err(e) = self.b.wait(timeout, &mut fresh) {
+                tracing::error!(worker = self.shared.index, error = %e, "waiting for events failed");
+                std::thread::sleep(HOUSEKEEPING);
+            }
+            self.events.extend(fresh.drain(..));
+            self.fresh = fresh;
+            self.set_now();
+            self.m.turns.add(1);
+            let mut worked = !self.events.is_empty() || !self.again.is_empty();
+            while let Some(ev) = self.events.pop_front() {
+                self.on_event(ev);
+            }
+            std::mem::swap(&mut self.again, &mut again);
+            for token in again.drain(..) {
+                self.on_readable(token, false);
+            }
+            self.tick_if_due();
+            worked |= self.run_commands();
+            self.write_all();
+            self.resume_accepting();
+            if self.now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
+                self.last_housekeeping = self.now;
+                self.housekeeping();
+            }
+            self.check_shutdown();
+            buffer::reclaim_thread_pool();
+            self.publish_gauges();
+            if worked {
+                self.m.busy_ns.add(self.now.elapsed().as_nanos() as u64);
+            }
+        }
+        self.shared.stop();
+        session::for_outbox(|o| o.clear());
+        buffer::reclaim_thread_pool();
+        self.publish_gauges();
+        // The thread's chunk pool goes with the thread: a chunk still viewed elsewhere (by
+        // another worker's queue, say) is freed by its last view and is no longer this
+        // worker's.
+        self.m.chunks_in_use.set(0);
+    }
+
+    fn set_now(&mut self) {
+        self.now = Instant::now();
+        self.now_ms = self.now.duration_since(self.epoch).as_millis() as u32;
+    }
+
+    /// How long the next wait may last: until the next tick, housekeeping, or accept retry;
+    /// not at all with work waiting or when busy-polling.
+    fn timeout(&self) -> Option<Duration> {
+        if self.ctx.config.busy_poll || !self.again.is_empty() || !self.events.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut until = self.last_housekeeping + HOUSEKEEPING;
+        for t in [self.next_tick, self.accept_paused_until, self.shutdown_at]
+            .into_iter()
+            .flatten()
+        {
+            until = until.min(t);
+        }
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+
+    pub(super) fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Readable { token, hup } => self.on_readable(token, hup),
+            Event::Writable(token) => {
+                if let Some(c) = self.conns.get_mut(token).filter(|c| c.blocked) {
+                    c.blocked = false;
+                    self.flush(token);
+                }
+            }
+            Event::Received(token, data) => self.on_received(token, data),
+            Event::Eof(token) => self.close_after_flush(token, CloseReason::PeerClosed),
+            Event::Failed(token, e) => self.close(token, CloseReason::from_io(&e)),
+            Event::Starved => self.m.recv_buffer_waits.add(1),
+            Event::Sent(token, result) => self.on_sent(token, result),
+            Event::Accepted { socket, peer } => self.on_accepted(socket, peer),
+            Event::AcceptFailed { listener, error } => self.on_accept_failed(listener, error),
+            Event::Released(token) => self.release(token),
+            Event::Woken => {
+                let mut cmds = std::mem::take(&mut self.commands);
+                self.shared.take_inbox(&mut cmds);
+                self.commands = cmds;
+            }
+        }
+    }
+
+    fn tick_if_due(&mut self) {
+        let (Some(due), Some(period)) = (self.next_tick, self.ctx.config.tick) else {
+            return;
+        };
+        if self.now < due {
+            return;
+        }
+        // Missed ticks are not replayed.
+        self.next_tick = Some((due + period).max(self.now));
+        if self.shutdown_at.is_none() {
+            let t0 = Instant::now();
+            self.app.tick(self.shared.index);
+            self.m.tick_ns.record(t0.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// Runs posted commands until none are left (handlers may post more while they run).
+    /// Returns whether there was any.
+    pub(super) fn run_commands(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut cmds = std::mem::take(&mut self.commands);
+            WorkerShared::take_local(&mut cmds);
+            if cmds.is_empty() {
+                self.commands = cmds;
+                return any;
+            }
+            any = true;
+            for cmd in cmds.drain(..) {
+                self.command(cmd);
+            }
+            self.commands = cmds;
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Listen(fd) => match self.b.listen(fd) {
+                Ok(i) if self.shutdown_at.is_none() => self.b.accept(i),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot watch listener"),
+            },
+            Command::Register(fd, session) => {
+                if self.shutdown_at.is_some() {
+                    drop(fd);
+                    session.shared.retire();
+                } else {
+                    self.register(fd, session, false);
+                }
+            }
+            Command::Session(Notice::Flush(session)) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.take_foreign(token);
+                }
+            }
+            Command::Session(Notice::Close(session, reason)) => {
+                if let Some(token) = self.token_of(&session) {
+                    self.close(token, reason);
+                }
+            }
+            Command::Session(Notice::Deliver(batch)) => self.deliver_batch(batch),
+            Command::Shutdown(deadline) => {
+                self.b.stop_accepting();
+                self.accept_stopped.clear();
+                self.shutdown_at = Some(deadline.unwrap_or(self.now));
+                if deadline.is_some() {
+                    for token in self.conns.tokens() {
+                        self.close_after_flush(token, CloseReason::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slot of `session` in this worker, if it is still open here.
+    pub(super) fn token_of(&mut self, session: &Session) -> Option<Token> {
+        let token = session.shared.token.load(Ordering::Relaxed);
+        let conn = self.conns.get_mut(token)?;
+        (conn.session == *session && !conn.closed).then_some(token)
+    }
+
+    fn on_accept_failed(&mut self, listener: usize, e: io::Error) {
+        self.accept_stopped.push(listener);
+        // The pending connection stays in the backlog; retrying at once would spin.
+        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+        let out_of_resources = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !out_of_resources {
+            tracing::warn!(error = %e, "accept failed");
+        } else if self
+            .last_accept_warning
+            .is_none_or(|t| self.now.duration_since(t) > Duration::from_secs(1))
+        {
+            self.last_accept_warning = Some(self.now);
+            tracing::warn!(error = %e, "accept failed: out of descriptors or memory; backing off");
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+            self.accept_paused_until = None;
+            if self.shutdown_at.is_none() {
+                for l in std::mem::take(&mut self.accept_stopped) {
+                    self.b.accept(l);
+                }
+            }
+        }
+    }
+
+    /// Closes sessions past their deadlines and slow consumers past their grace period.
+    /// Runs every [`HOUSEKEEPING`]; O(sessions of this worker).
+    fn housekeeping(&mut self) {
+        let now = self.now_ms;
+        let limits = self.limits;
+        let mut expired: Vec<(Token, CloseReason)> = Vec::new();
+        let mut queued_total = 0;
+        session::for_outbox(|out| {
+            for (token, conn) in self.conns.iter_mut() {
+                if conn.closed {
+                    continue;
+                }
+                let queued = out
+                    .slots
+                    .get(slot_of(token) as usize)
+                    .map_or(0, |s| s.q.bytes());
+                queued_total += queued;
+                if let Some(why) = conn.timing.expired(&limits, now, queued) {
+                    expired.push((token, why.into()));
+                }
+            }
+        });
+        self.m.queued_bytes.set(queued_total as u64);
+        for (token, reason) in expired {
+            self.close(token, reason);
+        }
+    }
+
+    fn check_shutdown(&mut self) {
+        let Some(at) = self.shutdown_at else {
+            return;
+        };
+        if !self.exit && (self.open == 0 || self.now >= at) {
+            for token in self.conns.tokens() {
+                self.close(token, CloseReason::Shutdown);
+            }
+            self.exit = true;
+            self.b.finish();
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let held = session::for_outbox(|o| {
+            o.keeps.live() + o.batches.iter().map(|b| b.buffers()).sum::<usize>()
+        });
+        self.m.buffers_held.set(held as u64);
+        self.m
+            .chunks_in_use
+            .set(buffer::thread_chunks_in_use() as u64);
+        self.m.connections_open.set(self.open as u64);
+    }
+}
+
+/// Starts worker `index` on its own thread, pinned to `cpu` if given, on `backend`; returns
+/// once it is ready to take commands, or with the error that stopped it.
+pub(crate) fn spawn(
+    backend: crate::config::Backend,
+    shared: Arc<WorkerShared>,
+    ctx: Arc<EngineShared>,
+    app: crate::handler::HostFactory,
+    m: Arc<WorkerMetrics>,
+    cpu: Option<usize>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let i = shared.index;
+    let (ready, built) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("zerocast-worker-{i}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = crate::sys::pin_to_cpu(cpu) {
+                    tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
+                }
+            }
+            // Everything the worker owns is built on its own thread (an io_uring instance
+            // lives and dies with the one thread that submits to it).
+            fn go<B: Backend>(
+                b: io::Result<B>,
+                shared: Arc<WorkerShared>,
+                ctx: Arc<EngineShared>,
+                app: crate::handler::HostFactory,
+                m: Arc<WorkerMetrics>,
+                ready: std::sync::mpsc::SyncSender<io::Result<()>>,
+            ) {
+                match b {
+                    Ok(b) => {
+                        shared.set_waker(b.waker());
+                        let core = Core::new(b, shared, ctx, app(), m);
+                        let _ = ready.send(Ok(()));
+                        core.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            }
+            match backend {
+                crate::config::Backend::Uring => {
+                    go(super::uring::Uring::new(), shared, ctx, app, m, ready)
+                }
+                _ => go(super::epoll::Epoll::new(), shared, ctx, app, m, ready),
+            }
+        })?;
+    built
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("worker thread died while starting")))?;
+    Ok(thread)
+}
+
+impl From<crate::conn::timing::Expired> for CloseReason {
+    fn from(e: crate::conn::timing::Expired) -> Self {
+        use crate::conn::timing::Expired;
+        match e {
+            Expired::FirstFrame => Self::FirstFrameTimeout,
+            Expired::Idle => Self::IdleTimeout,
+            Expired::SlowConsumer => Self::SlowConsumer,
+        }
+    }
+}
