@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -16,24 +15,9 @@ fn zerocast(args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
-/// Starts a server and returns it with its address.
+/// Starts a server (stderr piped, for `common::terminate`) and returns it with its address.
 fn serve(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim()
-        .to_string();
-    (child, addr)
+    common::start_server(args, Stdio::piped())
 }
 
 fn text(b: &[u8]) -> String {

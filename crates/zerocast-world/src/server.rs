@@ -95,12 +95,7 @@ impl WorldSnapshot {
     pub fn rows(&self) -> Vec<Row> {
         use zerocast::metrics::Kind::{Counter as C, Gauge as G};
         let c = &self.counts;
-        let row = |name, kind, help, value: u64| Row {
-            name,
-            kind,
-            help,
-            value: value as f64,
-        };
+        let row = Row::whole;
         vec![
             row("players", G, "Players in the world.", self.players as u64),
             row("joins", C, "Players joined.", c.joins),
@@ -226,7 +221,9 @@ impl Handler for World {
     fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
         let session = cx.session;
         if frame.id() != Chat::ID {
-            let _ = self.router.handle(session, frame);
+            if let Err(e) = self.router.dispatch(session, frame.id(), frame.payload()) {
+                session.close_for_packet(e);
+            }
             return;
         }
         // Chat is routed here rather than through the router: relaying it by reference needs

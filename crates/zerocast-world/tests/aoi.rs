@@ -1,6 +1,8 @@
 //! Area of interest over loopback: a player's moves reach the players in the 3×3 cells around
 //! it and nobody farther, and crossing cells sends enter/leave notices both ways.
 
+/// The engine's end-to-end helpers, shared rather than copied.
+#[path = "../../zerocast/tests/util/mod.rs"]
 mod util;
 
 use std::io::{ErrorKind, Write};
@@ -75,7 +77,9 @@ impl Handler for World {
 
     fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
         let session = cx.session;
-        let _ = self.router.handle(session, frame);
+        if let Err(e) = self.router.dispatch(session, frame.id(), frame.payload()) {
+            session.close_for_packet(e);
+        }
     }
 
     fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &CloseReason) {

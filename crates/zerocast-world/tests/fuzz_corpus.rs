@@ -1,24 +1,11 @@
 //! Replays the checked-in router fuzz corpus (`fuzz/corpus/router`) through its harness: every
 //! input the fuzzer ever kept stays a regression test on stable Rust.
 
-use std::path::Path;
-
-fn replay(target: &str, harness: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| harness(&data));
-        assert!(result.is_ok(), "corpus input {} panics", path.display());
-        n += 1;
-    }
-    assert!(n >= 8, "the {target} corpus is checked in ({n} inputs)");
-}
+/// The engine's end-to-end helpers, shared rather than copied.
+#[path = "../../zerocast/tests/util/mod.rs"]
+mod util;
 
 #[test]
 fn router_corpus_replays_clean() {
-    replay("router", zerocast_world::fuzz_router);
+    util::replay_corpus("router", zerocast_world::fuzz_router);
 }

@@ -1,6 +1,8 @@
 //! Typed packets over loopback: a server built on the packet router answers valid packets and
 //! closes, with the reason, exactly the session that sent a malformed one.
 
+/// The engine's end-to-end helpers, shared rather than copied.
+#[path = "../../zerocast/tests/util/mod.rs"]
 mod util;
 
 use std::io::Write;
@@ -47,7 +49,9 @@ impl Handler for Server {
 
     fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
         let session = cx.session;
-        let _ = self.router.handle(session, frame);
+        if let Err(e) = self.router.dispatch(session, frame.id(), frame.payload()) {
+            session.close_for_packet(e);
+        }
     }
 
     fn on_disconnect(&self, _cx: Context<'_, Self>, reason: &CloseReason) {

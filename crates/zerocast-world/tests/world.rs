@@ -3,6 +3,8 @@
 //! authority (teleports and out-of-world moves refused, malformed packets closing only their
 //! session), and one gathered write per player per tick.
 
+/// The engine's end-to-end helpers, shared rather than copied.
+#[path = "../../zerocast/tests/util/mod.rs"]
 mod util;
 
 use std::io::Write;

@@ -62,10 +62,10 @@ impl Backend {
     /// # Errors
     /// [`Backend::Uring`] on a kernel that cannot run it.
     pub fn resolve(self) -> io::Result<Self> {
-        use crate::driver::uring::Uring;
+        use crate::sys::uring::Ring;
         match self {
             Self::Epoll => Ok(Self::Epoll),
-            Self::Uring => Uring::probe().map(|()| Self::Uring).map_err(|e| {
+            Self::Uring => Ring::probe().map(|()| Self::Uring).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -74,7 +74,7 @@ impl Backend {
                     ),
                 )
             }),
-            Self::Auto => match Uring::probe() {
+            Self::Auto => match Ring::probe() {
                 Ok(()) => Ok(Self::Uring),
                 Err(e) => {
                     tracing::info!(reason = %sys::why_no_uring(&e), "io_uring unavailable, using epoll");

@@ -4,10 +4,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::buffer::SendBuffer;
-use crate::session::{Session, SessionId};
+use crate::session::{broadcast, Membership, Session, SessionId};
 
-/// A group's members; sessions keep a weak reference to it, so that closing removes them.
-pub(crate) type Members = RwLock<HashMap<SessionId, Session>>;
+/// A group's members; sessions keep a weak reference to them, so that closing removes them.
+#[derive(Default)]
+struct Members(RwLock<HashMap<SessionId, Session>>);
+
+impl Membership for Members {
+    fn leave(&self, id: SessionId) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
 
 /// A set of sessions. Broadcasting queues the same [`SendBuffer`] on each member: one encode,
 /// no copy; for the members served by the calling worker (a handler or tick broadcasting to
@@ -32,24 +42,29 @@ impl Group {
             return false;
         }
         let added = {
-            let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.members.0.write().unwrap_or_else(|p| p.into_inner());
             m.insert(session.id(), session.clone()).is_none()
         };
         if added {
-            session.shared.joined(Arc::downgrade(&self.members));
+            let weak: std::sync::Weak<dyn Membership> = Arc::downgrade(&self.members) as _;
+            session.shared.joined(weak);
         }
         added
     }
 
     /// Removes a session. Returns false if it was not a member.
     pub fn remove(&self, id: SessionId) -> bool {
-        let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.members.0.write().unwrap_or_else(|p| p.into_inner());
         m.remove(&id).is_some()
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.members.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.members
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// True if the group has no member.
@@ -59,22 +74,13 @@ impl Group {
 
     /// Whether `id` is a member.
     pub fn contains(&self, id: SessionId) -> bool {
-        let m = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let m = self.members.0.read().unwrap_or_else(|p| p.into_inner());
         m.contains_key(&id)
     }
 
     /// Queues `buf` on every member. Returns how many members took it.
     pub fn broadcast(&self, buf: &SendBuffer) -> usize {
-        let m = self.members.read().unwrap_or_else(|p| p.into_inner());
-        crate::session::broadcast(m.values(), buf)
-    }
-}
-
-/// Removes a closing session from the groups it was in.
-pub(crate) fn leave_all(id: SessionId, groups: Vec<std::sync::Weak<Members>>) {
-    for g in groups {
-        if let Some(g) = g.upgrade() {
-            g.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        }
+        let m = self.members.0.read().unwrap_or_else(|p| p.into_inner());
+        broadcast(m.values().map(|s| &s.shared), buf)
     }
 }

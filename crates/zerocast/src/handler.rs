@@ -313,19 +313,3 @@ impl<H: Handler> Hosted for Host<H> {
             .flatten()
     }
 }
-
-impl crate::packet::Router<Session> {
-    /// Dispatches a received frame; on error closes that session with
-    /// [`CloseReason::Packet`] (logged at info) and returns the error.
-    ///
-    /// # Errors
-    /// As [`dispatch`](crate::packet::Router::dispatch); the session is already being closed.
-    pub fn handle(
-        &self,
-        session: &Session,
-        frame: Frame<'_>,
-    ) -> Result<(), crate::packet::PacketError> {
-        self.dispatch(session, frame.id(), frame.payload())
-            .inspect_err(|e| session.close_for_packet(e.clone()))
-    }
-}

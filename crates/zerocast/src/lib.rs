@@ -42,7 +42,6 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
-mod builder;
 mod config;
 mod conn;
 mod driver;
@@ -57,9 +56,8 @@ mod sync;
 mod sys;
 
 pub use buffer::SendBuffer;
-pub use builder::Builder;
 pub use config::Backend;
-pub use engine::Engine;
+pub use engine::{Builder, Engine};
 pub use group::Group;
 pub use handler::{Context, Frame, Handler};
 pub use metrics::Snapshot;

@@ -80,3 +80,25 @@ pub fn scrape(addr: impl std::net::ToSocketAddrs) -> String {
     m.read_to_string(&mut text).unwrap();
     text
 }
+
+/// Starts the `zerocast` binary with `args` and waits for its `listening on ADDR` line;
+/// returns the child and the address. Its stderr goes to `stderr` (piped, for `terminate`).
+pub fn start_server(args: &[&str], stderr: std::process::Stdio) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .to_string();
+    (child, addr)
+}

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{CHUNKS_ALLOCATED, CHUNKS_IN_USE};
+use super::gauges::{CHUNKS_ALLOCATED, CHUNKS_IN_USE};
 
 /// Size of one pooled send chunk.
 pub const CHUNK_SIZE: usize = 64 * 1024;
@@ -165,7 +165,7 @@ pub(super) fn carve(capacity: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes
 }
 
 /// Returns the calling thread's chunks whose buffers have all been dropped to its free list,
-/// updating [`chunks_in_use`](super::chunks_in_use). Engine workers call it every loop turn;
+/// updating [`chunks_in_use`](super::gauges::chunks_in_use). Engine workers call it every loop turn;
 /// call it on an application thread that builds buffers and then stops building.
 pub fn reclaim_thread_pool() {
     let _ = POOL.try_with(|pool| {

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use std::panic::Location;
 
-use super::LIVE_SEND_BUFFERS;
+use super::gauges::LIVE_SEND_BUFFERS;
 use super::{leaks, pool};
 use crate::frame::Header;
 
@@ -20,7 +20,7 @@ use crate::frame::Header;
 /// from it has been dropped. A [`Bytes`] you already hold (a received frame you relay, say)
 /// becomes a `SendBuffer` with [`From`], without copying.
 ///
-/// Every handle alive is counted in [`live_send_buffers`](super::live_send_buffers) so tests can
+/// Every handle alive is counted in [`live_send_buffers`](super::gauges::live_send_buffers) so tests can
 /// assert that nothing leaked.
 #[derive(Debug)]
 pub struct SendBuffer {

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conns::{slot_of, Conn};
+use super::conn::Conn;
 use super::inbox::{Command, WorkerShared};
 use super::metrics::WorkerMetrics;
+use super::slab::slot_of;
 use super::slab::Slab;
 use super::{Backend, Event, Token, ACCEPT_BACKOFF, HOUSEKEEPING};
 use crate::buffer::{self, RecvChunk};
@@ -342,10 +343,10 @@ impl<B: Backend> Core<B> {
     }
 
     /// The slot of `session` in this worker, if it is still open here.
-    pub(super) fn token_of(&mut self, session: &Session) -> Option<Token> {
-        let token = session.shared.token.load(Ordering::Relaxed);
+    pub(super) fn token_of(&mut self, session: &Arc<SessionShared>) -> Option<Token> {
+        let token = session.token.load(Ordering::Relaxed);
         let conn = self.conns.get_mut(token)?;
-        (conn.session == *session && !conn.closed).then_some(token)
+        (Arc::ptr_eq(&conn.session.shared, session) && !conn.closed).then_some(token)
     }
 
     fn on_accept_failed(&mut self, listener: usize, e: io::Error) {
@@ -429,61 +430,6 @@ impl<B: Backend> Core<B> {
             .set(buffer::thread_chunks_in_use() as u64);
         self.m.connections_open.set(self.open as u64);
     }
-}
-
-/// Starts worker `index` on its own thread, pinned to `cpu` if given, on `backend`; returns
-/// once it is ready to take commands, or with the error that stopped it.
-pub(crate) fn spawn(
-    backend: crate::config::Backend,
-    shared: Arc<WorkerShared>,
-    ctx: Arc<EngineShared>,
-    app: crate::handler::HostFactory,
-    m: Arc<WorkerMetrics>,
-    cpu: Option<usize>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let i = shared.index;
-    let (ready, built) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
-    let thread = std::thread::Builder::new()
-        .name(format!("zerocast-worker-{i}"))
-        .spawn(move || {
-            if let Some(cpu) = cpu {
-                if let Err(e) = crate::sys::pin_to_cpu(cpu) {
-                    tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
-                }
-            }
-            // Everything the worker owns is built on its own thread (an io_uring instance
-            // lives and dies with the one thread that submits to it).
-            fn go<B: Backend>(
-                b: io::Result<B>,
-                shared: Arc<WorkerShared>,
-                ctx: Arc<EngineShared>,
-                app: crate::handler::HostFactory,
-                m: Arc<WorkerMetrics>,
-                ready: std::sync::mpsc::SyncSender<io::Result<()>>,
-            ) {
-                match b {
-                    Ok(b) => {
-                        shared.set_waker(b.waker());
-                        let core = Core::new(b, shared, ctx, app(), m);
-                        let _ = ready.send(Ok(()));
-                        core.run();
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
-                }
-            }
-            match backend {
-                crate::config::Backend::Uring => {
-                    go(super::uring::Uring::new(), shared, ctx, app, m, ready)
-                }
-                _ => go(super::epoll::Epoll::new(), shared, ctx, app, m, ready),
-            }
-        })?;
-    built
-        .recv()
-        .unwrap_or_else(|_| Err(io::Error::other("worker thread died while starting")))?;
-    Ok(thread)
 }
 
 impl From<crate::conn::timing::Expired> for CloseReason {

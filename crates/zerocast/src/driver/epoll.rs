@@ -22,7 +22,7 @@ const LISTENERS: u64 = u64::MAX - 2;
 
 pub(crate) struct Epoll {
     ep: epoll::Epoll,
-    wake_fd: Arc<OwnedFd>,
+    wake: sys::EventFd,
     listeners: Vec<OwnedFd>,
     /// Per listener: accepting (not paused after a failure, not stopped).
     accepting: Vec<bool>,
@@ -35,11 +35,11 @@ pub(crate) struct Epoll {
 impl Epoll {
     pub(crate) fn new() -> io::Result<Self> {
         let ep = epoll::Epoll::new()?;
-        let wake_fd = Arc::new(sys::eventfd()?);
-        ep.add(wake_fd.as_raw_fd(), epoll::READ, WAKER)?;
+        let wake = sys::EventFd::new()?;
+        ep.add(wake.raw(), epoll::READ, WAKER)?;
         Ok(Self {
             ep,
-            wake_fd,
+            wake,
             listeners: Vec::new(),
             accepting: Vec::new(),
             accept_now: Vec::new(),
@@ -79,12 +79,7 @@ impl Epoll {
 
 impl Backend for Epoll {
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let fd = self.wake_fd.clone();
-        Arc::new(move || {
-            if let Err(e) = sys::eventfd_signal(&fd) {
-                tracing::error!(error = %e, "cannot wake worker");
-            }
-        })
+        self.wake.waker()
     }
 
     fn listen(&mut self, listener: OwnedFd) -> io::Result<usize> {
@@ -160,7 +155,7 @@ impl Backend for Epoll {
             let (token, bits) = (ev.u64, ev.events);
             if token == WAKER {
                 // Consumed before the core clears its wake-up flag (see `WorkerShared`).
-                sys::eventfd_drain(&self.wake_fd);
+                self.wake.drain();
                 events.push(Event::Woken);
             } else if token >= RESERVED {
                 self.accept_loop((LISTENERS - token) as usize, events);

@@ -5,8 +5,8 @@
 
 use std::io;
 
-use super::conns::slot_of;
 use super::core::Core;
+use super::slab::slot_of;
 use super::{Backend, Event, Sent, Token, TURN_OUTPUT_BUDGET};
 use crate::conn::outq::{CORK_IN_FLIGHT, MAX_WRITE};
 use crate::session::{self, CloseReason};

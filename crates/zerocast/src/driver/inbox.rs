@@ -156,11 +156,8 @@ impl Owner for WorkerShared {
 /// What a command means once its worker has stopped: release whatever it holds.
 fn resolve_offline(cmd: Command) {
     match cmd {
-        Command::Register(_, session)
-        | Command::Session(Notice::Flush(session))
-        | Command::Session(Notice::Close(session, _)) => {
-            session.shared.retire();
-        }
+        Command::Register(_, session) => session.shared.retire(),
+        Command::Session(Notice::Flush(s)) | Command::Session(Notice::Close(s, _)) => s.retire(),
         Command::Session(Notice::Deliver(_)) | Command::Listen(_) | Command::Shutdown(_) => {}
     }
 }

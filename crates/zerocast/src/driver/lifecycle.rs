@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 
-use super::conns::{generation_of, slot_of, Conn};
+use super::conn::Conn;
 use super::core::Core;
+use super::slab::{generation_of, slot_of};
 use super::{Backend, Closing, Token};
 use crate::buffer::SendBuffer;
 use crate::session::{self, Batch, CloseReason, Session};
@@ -195,8 +196,7 @@ impl<B: Backend> Core<B> {
         let in_flight = c.inflight.is_some();
         let closing = self.b.close(token, &c.sock);
         self.count_close(&session, &reason, accepted);
-        let groups = session.shared.retire();
-        crate::group::leave_all(session.id(), groups);
+        session.shared.retire();
         if in_flight {
             session::for_outbox(|o| o.shut(slot_of(token)));
         } else {

@@ -51,15 +51,17 @@
 //!
 //! Backends: [`epoll`] (readiness) and [`uring`] (completion).
 
-mod conns;
+mod conn;
 pub(crate) mod core;
 pub(crate) mod epoll;
 mod flush;
 pub(crate) mod inbox;
 mod lifecycle;
 pub(crate) mod metrics;
+mod read;
 mod slab;
 pub(crate) mod uring;
+pub(crate) mod worker;
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,6 +5,16 @@
 //! of a newer session in the same slot. Generations wrap below 2^24, so a token stays below
 //! 2^56 and the io_uring backend keeps the operation kind in the top byte of its user data.
 
+/// The slot index of a token.
+pub(crate) fn slot_of(token: u64) -> u32 {
+    (token & 0xffff_ffff) as u32
+}
+
+/// The generation of a token.
+pub(crate) fn generation_of(token: u64) -> u32 {
+    (token >> 32) as u32
+}
+
 /// Tokens at or above this value are reserved for the worker's own descriptors.
 pub(crate) const RESERVED: u64 = u64::MAX - 1024;
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::conns::slot_of;
+use super::slab::slot_of;
 use super::{Backend, Closing, Event, Sent, Token, WriteBuf};
 use crate::sys::uring::{more, Completion, Ring};
 use crate::sys::{self, socket};
@@ -82,7 +82,7 @@ struct UConn {
 
 pub(crate) struct Uring {
     ring: Ring,
-    wake_fd: Arc<OwnedFd>,
+    wake: sys::EventFd,
     wake_armed: bool,
     finishing: bool,
     listeners: Vec<OwnedFd>,
@@ -98,15 +98,10 @@ pub(crate) struct Uring {
 }
 
 impl Uring {
-    /// Whether this kernel can run the backend; the error says why not.
-    pub(crate) fn probe() -> io::Result<()> {
-        Ring::probe()
-    }
-
     pub(crate) fn new() -> io::Result<Self> {
         Ok(Self {
             ring: Ring::new(RING_ENTRIES, BUFFERS, BUFFER_SIZE)?,
-            wake_fd: Arc::new(sys::eventfd()?),
+            wake: sys::EventFd::new()?,
             wake_armed: false,
             finishing: false,
             listeners: Vec::new(),
@@ -179,7 +174,7 @@ impl Uring {
                     }
                     if res >= 0 {
                         // Consumed before the core clears its wake-up flag.
-                        sys::eventfd_drain(&self.wake_fd);
+                        self.wake.drain();
                         events.push(Event::Woken);
                     }
                 }
@@ -266,12 +261,7 @@ impl Uring {
 
 impl Backend for Uring {
     fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let fd = self.wake_fd.clone();
-        Arc::new(move || {
-            if let Err(e) = sys::eventfd_signal(&fd) {
-                tracing::error!(error = %e, "cannot wake worker");
-            }
-        })
+        self.wake.waker()
     }
 
     fn listen(&mut self, listener: OwnedFd) -> io::Result<usize> {
@@ -383,7 +373,7 @@ impl Backend for Uring {
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         if !self.wake_armed && !self.finishing {
             self.ring
-                .poll_multi(self.wake_fd.as_raw_fd(), user_data(Op::Wake, 0));
+                .poll_multi(self.wake.raw(), user_data(Op::Wake, 0));
             self.in_flight += 1;
             self.wake_armed = true;
         }

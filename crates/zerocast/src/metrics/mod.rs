@@ -170,12 +170,7 @@ impl WorkerSnapshot {
     /// Every counter and gauge of a worker, with its name, kind and meaning.
     pub fn rows(&self) -> Vec<Row> {
         use Kind::{Counter as C, Gauge as G};
-        let row = |name, kind, help, value: u64| Row {
-            name,
-            kind,
-            help,
-            value: value as f64,
-        };
+        let row = Row::whole;
         vec![
             row(
                 "connections_open",
@@ -314,6 +309,16 @@ impl WorkerSnapshot {
 }
 
 impl Row {
+    /// A row whose value is a whole number.
+    pub fn whole(name: &'static str, kind: Kind, help: &'static str, value: u64) -> Self {
+        Self {
+            name,
+            kind,
+            help,
+            value: value as f64,
+        }
+    }
+
     fn with(mut self, value: f64) -> Self {
         self.value = value;
         self

@@ -8,8 +8,14 @@
 //! - A [`VarPacket`] has a variable part (chat text): its view borrows from the frame, and text
 //!   is validated as UTF-8.
 //! - A [`Router`] maps ids to handlers. An unknown id, a wrong length or invalid text is a
-//!   [`PacketError`]; [`Router::handle`] closes the offending session with it as the reason
-//!   ([`CloseReason::Packet`](crate::CloseReason)), touching no other session.
+//!   [`PacketError`]; a server closes the offending session with it as the reason, touching
+//!   no other session:
+//!
+//!   ```ignore
+//!   if let Err(e) = router.dispatch(session, frame.id(), frame.payload()) {
+//!       session.close_for_packet(e); // CloseReason::Packet, logged at info
+//!   }
+//!   ```
 
 use bytes::BufMut;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};

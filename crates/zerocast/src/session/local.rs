@@ -15,10 +15,10 @@ use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Notice, Owner, Refused, SendError, Session};
+use super::reason::CloseReason;
+use super::shared::{Batch, Refused, SendError, SessionShared};
 use crate::buffer::SendBuffer;
 use crate::conn::outq::{KeepId, Keeps, OutQueue};
-use crate::session::CloseReason;
 
 thread_local! {
     static OUTBOX: RefCell<Outbox> = const { RefCell::new(Outbox::off()) };
@@ -91,14 +91,14 @@ impl Outbox {
 
     /// Queues `len` bytes of kept buffer `k` on `session`, if it is this worker's and open.
     /// Over its limit, the session is closed as a slow consumer.
-    fn push(&mut self, session: &Session, k: KeepId, len: usize) -> Result<(), Refused> {
-        let token = session.shared.token.load(Ordering::Relaxed);
+    fn push(&mut self, session: &Arc<SessionShared>, k: KeepId, len: usize) -> Result<(), Refused> {
+        let token = session.token.load(Ordering::Relaxed);
         let (index, generation) = split(token);
         match self.slots.get(index as usize) {
             Some(s) if s.open && s.generation == generation && !session.is_closing() => {}
             _ => return Err(Refused::Closed),
         }
-        self.push_at(index, k, len, session.shared.limit)
+        self.push_at(index, k, len, session.limit)
             .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))
     }
 
@@ -183,19 +183,13 @@ impl Outbox {
         }
     }
 
-    /// The batch for the worker `owner_id` (a new one if there is none yet this turn).
-    fn batch_for(&mut self, session: &Session) -> &mut Batch {
-        let id = session.shared.owner_id;
+    /// The batch for the session's worker (a new one if there is none yet this turn).
+    fn batch_for(&mut self, session: &SessionShared) -> &mut Batch {
+        let id = session.owner_id;
         let i = match self.batches.iter().position(|b| b.owner_id == id) {
             Some(i) => i,
             None => {
-                self.batches.push(Batch {
-                    owner: session.shared.owner.clone(),
-                    owner_id: id,
-                    bufs: Vec::new(),
-                    entries: Vec::new(),
-                    bytes: 0,
-                });
+                self.batches.push(Batch::new(session));
                 self.batches.len() - 1
             }
         };
@@ -214,43 +208,13 @@ impl Outbox {
     }
 }
 
-/// Sends made on one worker to the sessions of another, posted as one notice per turn.
-///
-/// Invariant: every entry's `buf` indexes `bufs`.
-pub(crate) struct Batch {
-    pub(crate) owner: Arc<dyn Owner>,
-    owner_id: usize,
-    bufs: Vec<SendBuffer>,
-    entries: Vec<Entry>,
-    /// Bytes the entries queue.
-    pub(crate) bytes: usize,
-}
-
-struct Entry {
-    token: u64,
-    buf: u32,
-}
-
-impl Batch {
-    fn add(&mut self, token: u64, buf: u32, len: usize) {
-        self.entries.push(Entry { token, buf });
-        self.bytes += len;
-    }
-
-    /// Buffer references the batch holds.
-    pub(crate) fn buffers(&self) -> usize {
-        self.bufs.len()
-    }
-
-    /// Posts the batch to its worker.
-    pub(crate) fn post(self) {
-        let owner = self.owner.clone();
-        owner.post(Notice::Deliver(self));
-    }
-}
-
 fn split(token: u64) -> (u32, u32) {
     ((token & 0xffff_ffff) as u32, (token >> 32) as u32)
+}
+
+/// Whether this thread runs an engine worker.
+pub(super) fn is_worker_thread() -> bool {
+    OUTBOX.with(|o| o.try_borrow().map_or(true, |o| o.owner != 0))
 }
 
 /// The driver: this thread now runs the worker `owner` (a nonzero identity).
@@ -266,22 +230,26 @@ pub(crate) fn for_outbox<R>(f: impl FnOnce(&mut Outbox) -> R) -> R {
 
 /// Runs `f` on the output if this thread runs the worker owning `session`; otherwise (or
 /// if the output is busy) hands `v` back.
-fn on_owner<T, R>(session: &Session, v: T, f: impl FnOnce(&mut Outbox, T) -> R) -> Result<R, T> {
+fn on_owner<T, R>(
+    session: &Arc<SessionShared>,
+    v: T,
+    f: impl FnOnce(&mut Outbox, T) -> R,
+) -> Result<R, T> {
     OUTBOX.with(|o| match o.try_borrow_mut() {
-        Ok(mut out) if out.owner != 0 && out.owner == session.shared.owner_id => Ok(f(&mut out, v)),
+        Ok(mut out) if out.owner != 0 && out.owner == session.owner_id => Ok(f(&mut out, v)),
         _ => Err(v),
     })
 }
 
-/// [`Session::send`] on the owner's thread; `Err(buf)` elsewhere.
+/// A send on the owner's thread; `Err(buf)` elsewhere.
 pub(super) fn send(
-    session: &Session,
+    session: &Arc<SessionShared>,
     buf: SendBuffer,
 ) -> Result<Result<(), SendError>, SendBuffer> {
     on_owner(session, buf, |out, buf| {
         let len = buf.len();
         // Checked before the buffer is kept, so a refusal hands the very buffer back.
-        let token = session.shared.token.load(Ordering::Relaxed);
+        let token = session.token.load(Ordering::Relaxed);
         let (index, generation) = split(token);
         let open = matches!(out.slots.get(index as usize),
             Some(s) if s.open && s.generation == generation && !session.is_closing());
@@ -291,7 +259,7 @@ pub(super) fn send(
                 buffer: buf,
             });
         }
-        if out.slots[index as usize].q.bytes() + len > session.shared.limit {
+        if out.slots[index as usize].q.bytes() + len > session.limit {
             session.close_with(CloseReason::SlowConsumer);
             return Err(SendError {
                 reason: Refused::SlowConsumer,
@@ -306,13 +274,13 @@ pub(super) fn send(
     })
 }
 
-/// [`Session::send_batch`] on the owner's thread; `None` elsewhere.
+/// A batch send on the owner's thread; `None` elsewhere.
 pub(super) fn send_batch(
-    session: &Session,
+    session: &Arc<SessionShared>,
     bufs: &mut Vec<SendBuffer>,
 ) -> Option<Result<(), Refused>> {
     on_owner(session, bufs, |out, bufs| {
-        let token = session.shared.token.load(Ordering::Relaxed);
+        let token = session.token.load(Ordering::Relaxed);
         let (index, generation) = split(token);
         let open = matches!(out.slots.get(index as usize),
             Some(s) if s.open && s.generation == generation && !session.is_closing());
@@ -320,7 +288,7 @@ pub(super) fn send_batch(
             return Err(Refused::Closed);
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if out.slots[index as usize].q.bytes() + len > session.shared.limit {
+        if out.slots[index as usize].q.bytes() + len > session.limit {
             session.close_with(CloseReason::SlowConsumer);
             return Err(Refused::SlowConsumer);
         }
@@ -332,7 +300,7 @@ pub(super) fn send_batch(
 /// A send to another worker's session, made on a worker thread: into this turn's batch for
 /// that worker. `Err(buf)` if this thread runs no worker.
 pub(super) fn send_remote(
-    session: &Session,
+    session: &SessionShared,
     buf: SendBuffer,
 ) -> Result<Result<(), SendError>, SendBuffer> {
     OUTBOX.with(|o| match o.try_borrow_mut() {
@@ -343,7 +311,7 @@ pub(super) fn send_remote(
                     buffer: buf,
                 }));
             }
-            let token = session.shared.token.load(Ordering::Relaxed);
+            let token = session.token.load(Ordering::Relaxed);
             let len = buf.len();
             out.queued += len;
             let b = out.batch_for(session);
@@ -356,8 +324,13 @@ pub(super) fn send_remote(
     })
 }
 
-/// Queues `buf` on every session of `members`; see [`super::broadcast`].
-pub(super) fn broadcast<'a>(members: impl Iterator<Item = &'a Session>, buf: &SendBuffer) -> usize {
+/// Queues `buf` on every session of `members`: on this thread's worker, one reference for
+/// all of them and a piece each; for another worker's, one reference per worker; from a
+/// thread that runs no worker, each session's own queue. Returns how many took it.
+pub(crate) fn broadcast<'a>(
+    members: impl Iterator<Item = &'a Arc<SessionShared>>,
+    buf: &SendBuffer,
+) -> usize {
     OUTBOX.with(|o| {
         let Ok(mut out) = o.try_borrow_mut() else {
             return foreign_each(members, buf);
@@ -373,7 +346,7 @@ pub(super) fn broadcast<'a>(members: impl Iterator<Item = &'a Session>, buf: &Se
         let mut remote: Vec<(usize, u32)> = Vec::new();
         let mut n = 0;
         for s in members {
-            if s.shared.owner_id == me {
+            if s.owner_id == me {
                 let k = *kept.get_or_insert_with(|| out.keeps.insert(buf.clone()));
                 n += usize::from(out.push(s, k, len).is_ok());
                 continue;
@@ -381,8 +354,8 @@ pub(super) fn broadcast<'a>(members: impl Iterator<Item = &'a Session>, buf: &Se
             if s.is_closing() {
                 continue;
             }
-            let token = s.shared.token.load(Ordering::Relaxed);
-            let id = s.shared.owner_id;
+            let token = s.token.load(Ordering::Relaxed);
+            let id = s.owner_id;
             out.queued += len;
             let b = out.batch_for(s);
             let i = match remote.iter().find(|r| r.0 == id) {
@@ -404,8 +377,16 @@ pub(super) fn broadcast<'a>(members: impl Iterator<Item = &'a Session>, buf: &Se
     })
 }
 
-fn foreign_each<'a>(members: impl Iterator<Item = &'a Session>, buf: &SendBuffer) -> usize {
+fn foreign_each<'a>(
+    members: impl Iterator<Item = &'a Arc<SessionShared>>,
+    buf: &SendBuffer,
+) -> usize {
     members
-        .map(|s| usize::from(s.send(buf.clone()).is_ok()))
+        .map(|s| {
+            usize::from(
+                s.push_foreign(std::iter::once(buf.clone()), buf.len())
+                    .is_ok(),
+            )
+        })
         .sum()
 }

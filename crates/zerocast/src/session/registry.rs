@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::{Session, SessionId};
+use super::handle::Session;
+use super::shared::SessionId;
 use crate::buffer::SendBuffer;
 use crate::sync::{lock, Mutex};
 
@@ -64,7 +65,7 @@ impl Registry {
     pub fn broadcast(&self, buf: &SendBuffer) -> usize {
         self.shards
             .iter()
-            .map(|shard| super::broadcast(lock(shard).values(), buf))
+            .map(|shard| super::local::broadcast(lock(shard).values().map(|s| &s.shared), buf))
             .sum()
     }
 }

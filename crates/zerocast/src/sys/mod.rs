@@ -44,32 +44,53 @@ fn owned(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// A non-blocking, close-on-exec eventfd used to wake a worker.
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)).map(owned)
-}
+/// A worker's wake-up: a non-blocking, close-on-exec eventfd that any thread can signal and
+/// the worker's backend waits on (epoll watches it; io_uring polls it).
+#[derive(Clone)]
+pub(crate) struct EventFd(std::sync::Arc<OwnedFd>);
 
-/// Adds one to an eventfd counter.
-pub(crate) fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live local u64, as eventfd requires.
-    syscall!(write(
-        fd.as_raw_fd(),
-        (&one as *const u64).cast(),
-        std::mem::size_of::<u64>()
-    ))
-    .map(drop)
-}
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
+            .map(|fd| Self(std::sync::Arc::new(owned(fd))))
+    }
 
-/// Resets an eventfd counter (EAGAIN when it was already zero is fine).
-pub(crate) fn eventfd_drain(fd: &OwnedFd) {
-    let mut value: u64 = 0;
-    // SAFETY: reads at most 8 bytes into a live local u64.
-    let _ = syscall!(read(
-        fd.as_raw_fd(),
-        (&mut value as *mut u64).cast(),
-        std::mem::size_of::<u64>()
-    ));
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Adds one to the counter (wakes a waiter).
+    pub(crate) fn signal(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local u64, as eventfd requires.
+        syscall!(write(
+            self.raw(),
+            (&one as *const u64).cast(),
+            std::mem::size_of::<u64>()
+        ))
+        .map(drop)
+    }
+
+    /// Resets the counter (EAGAIN when it was already zero is fine).
+    pub(crate) fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live local u64.
+        let _ = syscall!(read(
+            self.raw(),
+            (&mut value as *mut u64).cast(),
+            std::mem::size_of::<u64>()
+        ));
+    }
+
+    /// A closure that signals it, for the worker's inbox.
+    pub(crate) fn waker(&self) -> std::sync::Arc<dyn Fn() + Send + Sync> {
+        let me = self.clone();
+        std::sync::Arc::new(move || {
+            if let Err(e) = me.signal() {
+                tracing::error!(error = %e, "cannot wake worker");
+            }
+        })
+    }
 }
 
 /// Pins the calling thread to one CPU.

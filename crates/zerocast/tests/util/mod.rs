@@ -175,3 +175,20 @@ pub fn rss_bytes() -> u64 {
         .unwrap();
     kb * 1024
 }
+
+/// Replays every input of the checked-in fuzz corpus `fuzz/corpus/<target>` through
+/// `harness`: each must run without a panic, and the corpus must be there.
+pub fn replay_corpus(target: &str, harness: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| harness(&data));
+        assert!(result.is_ok(), "corpus input {} panics", path.display());
+        n += 1;
+    }
+    assert!(n >= 8, "the {target} corpus is checked in ({n} inputs)");
+}

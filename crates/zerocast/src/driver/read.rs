@@ -1,68 +1,18 @@
-//! A connection as the worker core holds it, and its read path.
+//! The read path: bytes in from the backend, frames out to the handler.
 
 use std::io;
 
 use bytes::Bytes;
 
 use super::core::Core;
+use super::slab::slot_of;
 use super::{Backend, Token};
-use crate::conn::outq::WriteBuf;
-use crate::conn::recv::{Cut, RecvState};
-use crate::conn::timing::Timing;
+use crate::conn::recv::Cut;
 use crate::handler::Frame;
-use crate::session::{CloseReason, Session};
-use crate::sys::Sock;
+use crate::session::CloseReason;
 
 /// A read into the receive chunk needs at least this much room.
 const MIN_READ: usize = 4096;
-
-/// One connection's state in its worker (its output is in the worker's outbox, by slot).
-///
-/// Invariants:
-/// - `inflight` is `Some` iff a send is in flight; its slices point into its own cork and
-///   into buffers the slot's queued pieces hold, so neither is released until the send's
-///   result is in ([`WriteBuf`]'s invariant);
-/// - while `closed`, the connection is a zombie: its session retired and the handler told,
-///   it waits in the slab for the backend to release its token, so that no operation still
-///   in the kernel outlives the socket or the memory it uses.
-pub(crate) struct Conn {
-    pub(crate) sock: Sock,
-    pub(crate) session: Session,
-    pub(crate) rx: RecvState,
-    pub(crate) timing: Timing,
-    pub(crate) inflight: Option<Box<WriteBuf>>,
-    /// The socket is full: wait for [`Event::Writable`](super::Event) before writing again.
-    pub(crate) blocked: bool,
-    /// The peer half-closed, hung up or errored: read until end of stream or error, never stop
-    /// at a short read, or the edge that announced it is lost.
-    pub(crate) hup: bool,
-    /// No more reading (the peer half-closed, a farewell, or shutdown).
-    pub(crate) eof: bool,
-    /// The farewell frame is queued: the close does not wait for a full socket.
-    pub(crate) farewell: bool,
-    /// Closed: waiting for the backend to release the token.
-    pub(crate) closed: bool,
-    /// Set with `eof`: the session closes with this reason once its queue is written.
-    pub(crate) after_flush: Option<Box<CloseReason>>,
-}
-
-impl Conn {
-    pub(crate) fn new(sock: Sock, session: Session, accepted: bool, now_ms: u32) -> Self {
-        Self {
-            sock,
-            session,
-            rx: RecvState::default(),
-            timing: Timing::new(accepted, now_ms),
-            inflight: None,
-            blocked: false,
-            hup: false,
-            eof: false,
-            farewell: false,
-            closed: false,
-            after_flush: None,
-        }
-    }
-}
 
 /// What one read did.
 pub(super) enum Read {
@@ -194,14 +144,4 @@ impl<B: Backend> Core<B> {
         conn.timing.frames(delivered, *now_ms);
         Ok(())
     }
-}
-
-/// The slot index of a token.
-pub(crate) fn slot_of(token: Token) -> u32 {
-    (token & 0xffff_ffff) as u32
-}
-
-/// The generation of a token.
-pub(crate) fn generation_of(token: Token) -> u32 {
-    (token >> 32) as u32
 }

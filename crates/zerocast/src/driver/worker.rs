@@ -1,0 +1,64 @@
+//! Starting a worker: its thread, its backend, its core.
+
+use std::io;
+use std::sync::Arc;
+
+use super::core::{Core, EngineShared};
+use super::inbox::WorkerShared;
+use super::metrics::WorkerMetrics;
+use super::Backend;
+use crate::config::Backend as BackendKind;
+use crate::handler::HostFactory;
+
+/// Starts worker `index` on its own thread, pinned to `cpu` if given, on `backend`; returns
+/// once it is ready to take commands, or with the error that stopped it.
+pub(crate) fn spawn(
+    backend: BackendKind,
+    shared: Arc<WorkerShared>,
+    ctx: Arc<EngineShared>,
+    app: HostFactory,
+    m: Arc<WorkerMetrics>,
+    cpu: Option<usize>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let i = shared.index;
+    let (ready, built) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("zerocast-worker-{i}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = crate::sys::pin_to_cpu(cpu) {
+                    tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
+                }
+            }
+            // Everything the worker owns is built on its own thread (an io_uring instance
+            // lives and dies with the one thread that submits to it).
+            fn go<B: Backend>(
+                b: io::Result<B>,
+                shared: Arc<WorkerShared>,
+                ctx: Arc<EngineShared>,
+                app: HostFactory,
+                m: Arc<WorkerMetrics>,
+                ready: std::sync::mpsc::SyncSender<io::Result<()>>,
+            ) {
+                match b {
+                    Ok(b) => {
+                        shared.set_waker(b.waker());
+                        let core = Core::new(b, shared, ctx, app(), m);
+                        let _ = ready.send(Ok(()));
+                        core.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            }
+            match backend {
+                BackendKind::Uring => go(super::uring::Uring::new(), shared, ctx, app, m, ready),
+                _ => go(super::epoll::Epoll::new(), shared, ctx, app, m, ready),
+            }
+        })?;
+    built
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("worker thread died while starting")))?;
+    Ok(thread)
+}
