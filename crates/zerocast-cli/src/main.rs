@@ -91,6 +91,11 @@ struct ServerArgs {
     /// refused.
     #[arg(long)]
     reuse_port: bool,
+    /// Milliseconds output may wait for more to share its write (broadcasts coalesce into
+    /// fewer, fuller writes; a session's own replies are not held) [default: 0, written at
+    /// the end of the turn that queued it].
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    write_delay: f64,
     /// Kernel send buffer per socket in bytes (SO_SNDBUF) [default: the kernel autotunes].
     #[arg(long, value_name = "BYTES")]
     send_buffer: Option<usize>,
@@ -158,7 +163,8 @@ impl ServerArgs {
         let mut b = Engine::builder()
             .max_frame(self.max_frame)
             .pin_cpus(self.cpus.clone())
-            .reuse_port(self.reuse_port);
+            .reuse_port(self.reuse_port)
+            .write_delay(Duration::from_secs_f64(self.write_delay.max(0.0) / 1e3));
         if let Some(backend) = self.backend {
             b = b.backend(backend.into());
         }

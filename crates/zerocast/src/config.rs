@@ -104,6 +104,7 @@ pub(crate) struct Config {
     pub(crate) slow_consumer_grace: Duration,
     pub(crate) send_buffer: Option<usize>,
     pub(crate) tick: Option<Duration>,
+    pub(crate) write_delay: Duration,
     pub(crate) busy_poll: bool,
     pub(crate) backend: Backend,
 }
@@ -127,6 +128,7 @@ impl Default for Config {
             slow_consumer_grace: Duration::from_secs(5),
             send_buffer: None,
             tick: None,
+            write_delay: Duration::ZERO,
             busy_poll: false,
             backend: Backend::Epoll,
         }

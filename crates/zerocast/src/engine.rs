@@ -157,6 +157,19 @@ impl Builder {
         self
     }
 
+    /// The shortest time between two writes to one session, so that output coalesces
+    /// deliberately: a session not written for this long gets its output at the end of the
+    /// turn that queued it; one written more recently waits until the delay has passed since
+    /// that write, and everything queued meanwhile leaves in one write. A session's own
+    /// replies (an echo, an answer right after its read) are never held. Default zero: every
+    /// turn writes what it queued, which coalesces only what one turn queued. Broadcast-heavy
+    /// servers trade a few milliseconds of latency for far fewer, fuller writes
+    /// (docs/BENCHMARKS.md measures it); a world with its own tick needs none.
+    pub fn write_delay(mut self, delay: Duration) -> Self {
+        self.config.write_delay = delay;
+        self
+    }
+
     /// Workers never sleep: they poll their sockets (and the tick's clock) in a loop. Lowest
     /// latency and no wake-up cost (no timer interrupts, no wake-up IPIs from peers), at the
     /// price of a fully busy core per worker even when idle; how much of that time is real

@@ -37,7 +37,7 @@ pub(crate) const MAX_WRITE: usize = 256 * 1024;
 pub(crate) const CORK_IN_FLIGHT: usize = 64 * 1024;
 /// Queue capacity (in pieces) kept across writes; a burst that grew it beyond is released once
 /// the queue empties.
-const QUEUE_KEEP: usize = 64;
+const QUEUE_KEEP: usize = 256;
 
 /// Index of a buffer in [`Keeps`].
 pub(crate) type KeepId = u32;

@@ -112,12 +112,20 @@ pub(crate) struct Core<B: Backend> {
     pub(super) now: Instant,
     /// `now` in milliseconds since `epoch` (the connections' clock).
     pub(super) now_ms: u32,
+    /// `now` in microseconds since `epoch`, wrapping (the write delay's clock).
+    pub(super) now_us: u32,
+    /// The write delay in microseconds.
+    pub(super) write_delay_us: u32,
     last_housekeeping: Instant,
     next_tick: Option<Instant>,
     accept_paused_until: Option<Instant>,
     accept_stopped: Vec<usize>,
     last_accept_warning: Option<Instant>,
     pub(super) shutdown_at: Option<Instant>,
+    /// When the output held for coalescing is written (see [`Builder::write_delay`]).
+    ///
+    /// [`Builder::write_delay`]: crate::Builder::write_delay
+    pub(super) write_at: Option<Instant>,
     exit: bool,
     /// Sessions open (the slab also holds closed ones awaiting their release).
     pub(super) open: usize,
@@ -162,11 +170,14 @@ impl<B: Backend> Core<B> {
             epoch: now,
             now,
             now_ms: 0,
+            now_us: 0,
+            write_delay_us: cfg.write_delay.as_micros().min(u128::from(u32::MAX / 4)) as u32,
             last_housekeeping: now,
             accept_paused_until: None,
             accept_stopped: Vec::new(),
             last_accept_warning: None,
             shutdown_at: None,
+            write_at: None,
             exit: false,
             open: 0,
             ctx,
@@ -199,7 +210,7 @@ impl<B: Backend> Core<B> {
             }
             self.tick_if_due();
             worked |= self.run_commands();
-            self.write_all();
+            self.write_when_due();
             self.resume_accepting();
             if self.now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
                 self.last_housekeeping = self.now;
@@ -224,7 +235,9 @@ impl<B: Backend> Core<B> {
 
     fn set_now(&mut self) {
         self.now = Instant::now();
-        self.now_ms = self.now.duration_since(self.epoch).as_millis() as u32;
+        let since = self.now.duration_since(self.epoch);
+        self.now_ms = since.as_millis() as u32;
+        self.now_us = since.as_micros() as u32;
     }
 
     /// How long the next wait may last: until the next tick, housekeeping, or accept retry;
@@ -234,9 +247,14 @@ impl<B: Backend> Core<B> {
             return Some(Duration::ZERO);
         }
         let mut until = self.last_housekeeping + HOUSEKEEPING;
-        for t in [self.next_tick, self.accept_paused_until, self.shutdown_at]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.next_tick,
+            self.accept_paused_until,
+            self.shutdown_at,
+            self.write_at,
+        ]
+        .into_iter()
+        .flatten()
         {
             until = until.min(t);
         }

@@ -37,20 +37,46 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// Writes every session with new output (end of the turn), then posts the batches bound
-    /// for other workers.
+    /// At the end of a turn: writes the output queued, or, with a write delay
+    /// ([`Builder::write_delay`](crate::Builder::write_delay)), the output of the sessions
+    /// whose last write is at least that long ago; the others wait (the worker wakes for the
+    /// earliest). Shutting down, nothing is held.
+    pub(super) fn write_when_due(&mut self) {
+        let delay = self.ctx.config.write_delay;
+        if delay.is_zero() || self.shutdown_at.is_some() {
+            return self.write_all();
+        }
+        // Each session is written at most once per delay: a quiet session's first message
+        // goes out at once, a busy one's wait for the delay and share its write.
+        let now = self.now_us;
+        let mut due = std::mem::take(&mut self.dirty);
+        let wait = session::for_outbox(|o| o.take_due(now, &mut due));
+        self.write_at = wait.map(|us| self.now + std::time::Duration::from_micros(u64::from(us)));
+        self.write_slots(&mut due);
+        self.dirty = due;
+        self.post_batches();
+    }
+
+    /// Writes every session with new output, then posts the batches bound for other workers.
     pub(super) fn write_all(&mut self) {
+        self.write_at = None;
         let mut dirty = std::mem::take(&mut self.dirty);
-        session::for_outbox(|o| {
-            o.take_dirty(&mut dirty);
-            o.queued = 0;
-        });
-        for slot in dirty.drain(..) {
+        session::for_outbox(|o| o.take_dirty(&mut dirty));
+        self.write_slots(&mut dirty);
+        self.dirty = dirty;
+        self.post_batches();
+    }
+
+    fn write_slots(&mut self, slots: &mut Vec<u32>) {
+        session::for_outbox(|o| o.queued = 0);
+        for slot in slots.drain(..) {
             if let Some(token) = self.conns.token_at(slot) {
                 self.flush(token);
             }
         }
-        self.dirty = dirty;
+    }
+
+    fn post_batches(&mut self) {
         for batch in session::for_outbox(|o| std::mem::take(&mut o.batches)) {
             batch.post();
         }
@@ -110,12 +136,14 @@ impl<B: Backend> Core<B> {
             return;
         }
         let mut failed = None;
+        let next_write = self.now_us.wrapping_add(self.write_delay_us);
         let max_cork = if b.sends_inline() {
             MAX_WRITE
         } else {
             CORK_IN_FLIGHT
         };
         let empty = session::for_outbox(|out| {
+            out.slots[slot as usize].next_write = next_write;
             let first = out.slots[slot as usize].q.bytes();
             if first > 0 {
                 m.queue_bytes.record(first as u64);

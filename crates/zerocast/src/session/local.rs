@@ -48,6 +48,9 @@ pub(crate) struct Slot {
     generation: u32,
     open: bool,
     dirty: bool,
+    /// With a write delay: the worker's microsecond clock before which this slot is not
+    /// written again (wrapping; see [`Outbox::take_due`]).
+    pub(crate) next_write: u32,
 }
 
 impl Outbox {
@@ -123,6 +126,28 @@ impl Outbox {
             self.slots[i as usize].dirty = false;
         }
         into.append(&mut self.dirty);
+    }
+
+    /// With a write delay: takes the dirty slots whose delay has passed at `now` (the worker's
+    /// microsecond clock) into `into`; the others stay dirty. Returns how long the earliest of
+    /// them still waits, in microseconds.
+    pub(crate) fn take_due(&mut self, now: u32, into: &mut Vec<u32>) -> Option<u32> {
+        let mut wait: Option<u32> = None;
+        let slots = &mut self.slots;
+        self.dirty.retain(|&i| {
+            let s = &mut slots[i as usize];
+            // Wrapping: the delay is far below the clock's 71-minute wrap.
+            let left = s.next_write.wrapping_sub(now) as i32;
+            if left <= 0 {
+                s.dirty = false;
+                into.push(i);
+                false
+            } else {
+                wait = Some(wait.map_or(left as u32, |w| w.min(left as u32)));
+                true
+            }
+        });
+        wait
     }
 
     /// Whether slot `index` is the only one made dirty since the dirty list had `mark`
