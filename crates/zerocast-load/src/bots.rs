@@ -7,10 +7,12 @@
 //!   up and records now − send time. (The world protocol carries no client timestamps; the
 //!   generator's bots share one clock and one table instead.) A move whose sender is not in
 //!   this process, or has aged out of the table, is counted as an untimed delivery.
-//! - Area of interest, checked on every delivery: the mover's cell must touch (3×3) a cell
-//!   the receiver occupied in its recent moves (the server judges range by the receiver's
-//!   position as of its last move it handled, which is one of those). A move from farther
-//!   away is counted in `out_of_range`, which a correct server keeps at zero.
+//! - Area of interest, checked on every delivery: the mover's cell must be within two cells of
+//!   a cell the receiver occupied in its recent moves. The server judges range at its tick by
+//!   the receiver's position then (one of those), and a mover that crossed into a cell the
+//!   receiver cannot see shows its latest position once, then `Left`: one cell of slack on
+//!   each side. A move from farther away is counted in `out_of_range`, which a correct server
+//!   keeps at zero.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, RwLock};
@@ -20,8 +22,8 @@ use zerocast::metrics::Striped;
 use zerocast::packet::{FixedPacket, VarPacket};
 use zerocast::{Frame, Session};
 use zerocast_world::packets::{
-    channel, reject, Attacked, ChatFrom, ChatText, Entered, Join, Left, Move, Moved, Rejected,
-    Welcome, PROTOCOL_VERSION,
+    channel, reject, Attacked, ChatFrom, ChatText, Entered, Goodbye, Join, Left, Move, Moved, Pong,
+    Rejected, Welcome, PROTOCOL_VERSION,
 };
 
 use crate::stats::Stats;
@@ -53,6 +55,9 @@ pub struct WorldFigures {
     /// Chat lines sent, and received (relayed to a bot).
     pub chats_sent: u64,
     pub chats_received: u64,
+    /// `Goodbye`s received: the server closed a bot's session and said why.
+    #[serde(default)]
+    pub goodbyes: u64,
 }
 
 impl WorldFigures {
@@ -64,6 +69,7 @@ impl WorldFigures {
         self.notices += o.notices;
         self.chats_sent += o.chats_sent;
         self.chats_received += o.chats_received;
+        self.goodbyes += o.goodbyes;
     }
 }
 
@@ -166,6 +172,7 @@ pub(crate) struct Bots {
     notices: Striped,
     chats_sent: Striped,
     chats_received: Striped,
+    goodbyes: Striped,
 }
 
 impl Bots {
@@ -189,6 +196,7 @@ impl Bots {
             notices: Striped::new(),
             chats_sent: Striped::new(),
             chats_received: Striped::new(),
+            goodbyes: Striped::new(),
         }
     }
 
@@ -296,7 +304,13 @@ impl Bots {
                 }
             }
             Entered::ID | Left::ID => self.notices.add(1),
-            Attacked::ID => {}
+            Attacked::ID | Pong::ID => {}
+            Goodbye::ID => {
+                if Goodbye::decode(p).is_err() {
+                    return false;
+                }
+                self.goodbyes.add(1);
+            }
             ChatFrom::ID => {
                 if ChatFrom::decode(p).is_err() {
                     return false;
@@ -318,7 +332,7 @@ impl Bots {
                 .cells
                 .iter()
                 .rev()
-                .any(|&(rx, ry)| (rx - cx).abs() <= 1 && (ry - cy).abs() <= 1);
+                .any(|&(rx, ry)| (rx - cx).abs() <= 2 && (ry - cy).abs() <= 2);
             if !near {
                 self.out_of_range.add(1);
             }
@@ -357,6 +371,7 @@ impl Bots {
             notices: g(&self.notices),
             chats_sent: g(&self.chats_sent),
             chats_received: g(&self.chats_received),
+            goodbyes: g(&self.goodbyes),
         }
     }
 }

@@ -256,8 +256,8 @@ impl fmt::Display for Report {
         if let Some(w) = &self.world {
             writeln!(
                 f,
-                "world         {} joined, out of range {}, untimed {}, rejected {}, notices {}, chat sent {} received {}",
-                w.joined, w.out_of_range, w.untimed, w.rejected, w.notices, w.chats_sent, w.chats_received
+                "world         {} joined, out of range {}, untimed {}, rejected {}, notices {}, chat sent {} received {}, goodbyes {}",
+                w.joined, w.out_of_range, w.untimed, w.rejected, w.notices, w.chats_sent, w.chats_received, w.goodbyes
             )?;
         }
         if self.tick_us > 0.0 {

@@ -287,7 +287,8 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_tick(&self, _: &mut (), worker: usize) {
+    fn on_tick(&self, _: &mut (), tick: zerocast::Tick) {
+        let worker = tick.worker;
         let Some(open) = &self.open_loop else { return };
         let Some((sessions, start)) = open.sessions.get() else {
             return;

@@ -52,7 +52,7 @@ impl Handler for Ticker {
         };
     }
 
-    fn on_tick(&self, _: &mut (), _worker: usize) {
+    fn on_tick(&self, _: &mut (), _tick: zerocast::Tick) {
         let buf = SendBuffer::build(zerocast::frame::HEADER_LEN + PAYLOAD, |b| {
             b.put_u16_le((zerocast::frame::HEADER_LEN + PAYLOAD) as u16);
             b.put_u16_le(1);

@@ -25,7 +25,7 @@ pub enum Mode {
     Echo,
     Broadcast,
     /// The world protocol, on the same game logic as `zerocast world`
-    /// (`zerocast::world::Core`): only the naive peer serves it.
+    /// (`zerocast_world::Core`).
     World,
 }
 

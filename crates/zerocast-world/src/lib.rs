@@ -2,10 +2,10 @@
 //!
 //! - [`packets`]: the world protocol (docs/PROTOCOL.md, "World protocol"), typed packets read
 //!   in place;
-//! - [`aoi`]: the area-of-interest grid;
-//! - [`rules`] and [`core`]: the game, sans-IO (who may move where, what each event sends to
-//!   whom);
-//! - [`World`]: the server, a [`zerocast::Handler`];
+//! - [`aoi`]: the area-of-interest grid (who is in which cell);
+//! - [`rules`] and [`core`]: the game, sans-IO (who may move where; each tick's events laid
+//!   out per cell and delivered as slices);
+//! - [`World`]: the server, a [`zerocast::Handler`] running a shard of the world per worker;
 //! - [`lockorder`]: named mutexes whose acquisition order is checked in debug builds.
 
 pub mod aoi;
@@ -15,9 +15,9 @@ pub mod packets;
 pub mod rules;
 mod server;
 
-pub use self::core::{Core, Counts, Deliver};
+pub use self::core::{Core, Counts, Deliver, Part, TickBatch};
 pub use rules::{Body, WorldConfig};
-pub use server::{World, WorldSnapshot};
+pub use server::{Shard, World, WorldSnapshot};
 
 /// The README's examples (the engine's and the world's), compiled and run as doc tests here,
 /// where both crates are in scope.

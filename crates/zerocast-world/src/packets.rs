@@ -3,7 +3,7 @@
 //! client packet carries the sender's identity: the server knows it from the session.
 
 use bytes::BufMut;
-use zerocopy::little_endian::{F32, U16, U64};
+use zerocopy::little_endian::{F32, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use zerocast::frame::{Header, HEADER_LEN};
@@ -128,6 +128,29 @@ impl Attack {
     pub fn new(target: u64) -> Self {
         Self {
             target: U64::new(target),
+        }
+    }
+}
+
+/// `0x0105`: a heartbeat. Any packet keeps a session alive; a player with nothing to say
+/// sends this at least every 30 s (the idle timeout is 60 s). The server answers with
+/// [`Pong`] carrying the same nonce, in its next tick: a client can time its round trip.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Ping {
+    /// Any value; echoed in the [`Pong`].
+    pub nonce: U32,
+}
+
+fixed_packet!(Ping, 0x0105);
+
+impl Ping {
+    /// A ping carrying `nonce`.
+    pub fn new(nonce: u32) -> Self {
+        Self {
+            nonce: U32::new(nonce),
         }
     }
 }
@@ -303,6 +326,85 @@ pub struct Rejected {
 }
 fixed_packet!(Rejected, 0x0207);
 
+/// `0x0208`: the answer to a [`Ping`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Pong {
+    /// The ping's nonce.
+    pub nonce: U32,
+}
+fixed_packet!(Pong, 0x0208);
+
+/// Why the server closed a session ([`Goodbye::reason`]).
+pub mod goodbye {
+    /// The byte stream broke the framing (a size below 4 or above the maximum).
+    pub const PROTOCOL: u8 = 1;
+    /// A frame was not a valid packet (unknown id, wrong length, bad text, a forbidden value).
+    pub const BAD_PACKET: u8 = 2;
+    /// No complete frame within the first-frame deadline (10 s after connecting).
+    pub const FIRST_FRAME_TIMEOUT: u8 = 3;
+    /// No frame for the idle timeout (60 s): send [`Ping`](super::Ping) when quiet.
+    pub const IDLE_TIMEOUT: u8 = 4;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u8 = 5;
+    /// The server is at its connection limit.
+    pub const FULL: u8 = 6;
+    /// Anything else the server closed the session for.
+    pub const OTHER: u8 = 7;
+}
+
+/// `0x0209`: the last packet before the server closes the session: a [`goodbye`] code, then
+/// a UTF-8 explanation (at most 200 bytes, for logs; the code is what programs read).
+pub struct Goodbye;
+
+/// A decoded [`Goodbye`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoodbyeText<'a> {
+    /// A [`goodbye`] code.
+    pub reason: u8,
+    /// The explanation.
+    pub text: &'a str,
+}
+
+/// Longest explanation in a [`Goodbye`], in bytes.
+pub const MAX_GOODBYE: usize = 200;
+
+impl VarPacket for Goodbye {
+    const ID: u16 = 0x0209;
+    type View<'a> = GoodbyeText<'a>;
+
+    fn decode(payload: &[u8]) -> Result<GoodbyeText<'_>, PacketError> {
+        let Some((&reason, text)) = payload.split_first() else {
+            return Err(PacketError::TooShort {
+                id: Self::ID,
+                min: 1,
+                got: payload.len(),
+            });
+        };
+        let text = std::str::from_utf8(text).map_err(|_| PacketError::BadUtf8 { id: Self::ID })?;
+        Ok(GoodbyeText { reason, text })
+    }
+}
+
+impl Goodbye {
+    /// The frame for `reason`, with `text` cut (at a character boundary) to [`MAX_GOODBYE`].
+    pub fn encode(reason: u8, text: &str) -> SendBuffer {
+        let mut end = text.len().min(MAX_GOODBYE);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text[..end];
+        let header = Header::for_payload(Self::ID, 1 + text.len()).expect("at most 201 bytes");
+        SendBuffer::build(HEADER_LEN + 1 + text.len(), |b| {
+            b.put_slice(&header.to_bytes());
+            b.put_u8(reason);
+            b.put_slice(text.as_bytes());
+        })
+    }
+}
+
 /// `0x0206`: a chat line relayed from a player: its id, then the [`Chat`] payload as the
 /// player sent it (channel byte and text).
 pub struct ChatFrom;
@@ -346,6 +448,19 @@ impl VarPacket for ChatFrom {
 }
 
 impl ChatFrom {
+    /// Appends the whole relayed frame to `out`: the header, `from`, then `chat` (the
+    /// [`Chat`] payload as the player sent it, channel byte included).
+    ///
+    /// # Panics
+    /// If `chat` is longer than a chat payload may be (a decoded [`Chat`] never is).
+    pub fn encode_into(out: &mut impl BufMut, from: u64, chat: &[u8]) {
+        assert!(chat.len() <= 1 + MAX_CHAT, "chat payload too long");
+        let header = Header::for_payload(Self::ID, 8 + chat.len()).expect("at most 525 bytes");
+        out.put_slice(&header.to_bytes());
+        out.put_u64_le(from);
+        out.put_slice(chat);
+    }
+
     /// The header and sender id of a relayed line whose [`Chat`] payload (`chat_len` bytes,
     /// channel byte included) follows in a second buffer: the server relays the received
     /// payload by reference instead of copying it. `None` if the payload is too long.

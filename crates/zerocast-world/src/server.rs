@@ -1,92 +1,47 @@
 //! The MMO world server on the engine: players join (the server assigns their ids), move,
-//! attack and chat, nearby or to everyone, and leave; every event reaches the players in range
-//! of it ([`aoi::Grid`](crate::aoi::Grid)). The server is authoritative ([`WorldConfig`]): it
-//! refuses moves faster than the maximum speed or outside the world, and closes the session of
-//! a client that sends a malformed packet (docs/PROTOCOL.md, "World protocol").
+//! attack, chat nearby or to everyone, ping, and leave; every event reaches the players in
+//! range of it. The server is authoritative ([`WorldConfig`]): it refuses moves faster than
+//! the maximum speed or outside the world, and closes the session of a client that sends a
+//! malformed packet, with a [`Goodbye`] saying why (docs/PROTOCOL.md).
 //!
-//! The game logic is the sans-IO [`Core`]; this module adds sessions and ticks.
-//!
-//! # Ticks
-//! Nothing is written while an event is handled. Each event is encoded once, and a reference
-//! to it is added to the pending list of every player it concerns. Every
-//! [`WorldConfig::tick`], each engine worker hands each of *its* players' pending lists to
-//! the player's session in one call ([`Session::send_batch`]); since the tick runs on the
-//! session's own worker, the list leaves in one gathered write at the end of that turn. A
-//! player therefore gets one write per tick, whatever happened in it, and an event waits at
-//! most one tick.
+//! # Shards and ticks
+//! Each engine worker runs a shard of the world ([`Core`]) for the players connected to it,
+//! with no lock: a player's packets are judged by its own worker, and its events laid out in
+//! its shard's buffers of the cells they happen in. Every [`WorldConfig::tick`] each shard
+//! ends its tick, posts the frozen batch to the other workers ([`zerocast::Mail`]), and once
+//! it holds every shard's batch of that tick (or at its next tick, whichever comes first)
+//! hands each of its players the slices of the buffers of the 3×3 cells around it
+//! ([`Fanout`]): one gathered write per player per tick, whatever happened in it, and no
+//! reference count or lock per recipient.
 //!
 //! Build the engine with the world's tick ([`World::configure`]); without ticks nothing would
 //! ever be written.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use zerocast::metrics::Row;
-use zerocast::packet::{PacketError, Router, VarPacket};
-use zerocast::{Builder, Context, Frame, Handler, SendBuffer, Session};
+use zerocast::packet::{FixedPacket, PacketError, VarPacket};
+use zerocast::{
+    Builder, CloseReason, Context, Fanout, Frame, Handler, Mail, SendBuffer, Session, Start, Tick,
+};
 
-use crate::aoi::EntityId;
-use crate::core::{Core, Counts, Deliver};
+use crate::core::{Core, Counts, Deliver, EntityId, Part, TickBatch};
 use crate::lockorder::OrderedMutex;
-use crate::packets::{Attack, Chat, Join, Move};
+use crate::packets::{goodbye, Attack, Chat, Goodbye, Join, Move, Ping};
 use crate::rules::WorldConfig;
 
-/// A player's connection and what it is sent during the current tick.
-struct Outbox {
-    session: Session,
-    /// Everything this player is sent during the current tick, in order.
-    pending: Vec<SendBuffer>,
-    /// True while the player is listed in its worker's `dirty` list.
-    listed: bool,
-}
-
-/// The per-tick batches: a [`Deliver`] that appends to the recipient's pending list.
-///
-/// Invariant: a player with pending buffers is listed in `dirty[its worker]` (a listed id
-/// may have left since: the tick skips it).
-#[derive(Default)]
-struct Batches {
-    outboxes: HashMap<EntityId, Outbox>,
-    /// Per worker: players with pending buffers.
-    dirty: Vec<Vec<EntityId>>,
-}
-
-impl Deliver for Batches {
-    fn deliver(&mut self, to: EntityId, buf: &SendBuffer) {
-        let Some(o) = self.outboxes.get_mut(&to) else {
-            return;
-        };
-        o.pending.push(buf.clone());
-        if !o.listed {
-            o.listed = true;
-            let w = o.session.worker();
-            if self.dirty.len() <= w {
-                self.dirty.resize_with(w + 1, Vec::new);
-            }
-            self.dirty[w].push(to);
-        }
-    }
-}
-
-struct State {
-    core: Core,
-    batches: Batches,
-    ticks: u64,
-    flushes: u64,
-}
-
-/// A snapshot of the world's gauges and counters.
+/// A snapshot of the world's gauges and counters, summed over its shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorldSnapshot {
     /// Players in the world now.
     pub players: usize,
     /// The game's counters.
     pub counts: Counts,
-    /// Worker ticks run.
-    pub ticks: u64,
-    /// Pending lists handed to sessions: `counts.deliveries / flushes` is the packets per
-    /// write the tick achieves.
-    pub flushes: u64,
+    /// Ticks delivered before every other shard's batch of the tick had arrived (those
+    /// events reach their players a tick later): a worker that falls behind shows here.
+    pub late: u64,
 }
 
 impl WorldSnapshot {
@@ -100,19 +55,45 @@ impl WorldSnapshot {
             row("players", G, "Players in the world.", self.players as u64),
             row("joins", C, "Players joined.", c.joins),
             row("moves", C, "Moves accepted.", c.moves),
+            row(
+                "conflated",
+                C,
+                "Moves folded into the same player's earlier move of the tick (the world sends \
+                 the latest position, not every step: a world over capacity degrades here).",
+                c.conflated,
+            ),
             row("rejected", C, "Packets refused with Rejected.", c.rejected),
             row("attacks", C, "Attacks accepted.", c.attacks),
             row("chats", C, "Chat lines relayed.", c.chats),
-            row("deliveries", C, "Packets queued for players.", c.deliveries),
-            row("ticks", C, "Worker ticks run.", self.ticks),
+            row(
+                "deliveries",
+                C,
+                "Packets delivered to players.",
+                c.deliveries,
+            ),
             row(
                 "flushes",
                 C,
-                "Per-player tick batches handed to sessions.",
-                self.flushes,
+                "Per-player tick writes handed to sessions.",
+                c.flushes,
+            ),
+            row("ticks", C, "Shard ticks delivered.", c.ticks),
+            row(
+                "late_ticks",
+                C,
+                "Ticks delivered before every other shard's batch had arrived.",
+                self.late,
             ),
         ]
     }
+}
+
+/// What each shard last reported.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShardStats {
+    players: usize,
+    counts: Counts,
+    late: u64,
 }
 
 /// The world server: a [`Handler`]. See the module documentation.
@@ -128,138 +109,251 @@ impl WorldSnapshot {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct World {
-    state: std::sync::Arc<OrderedMutex<State>>,
-    tick: std::time::Duration,
-    router: Router<Session>,
+    config: WorldConfig,
+    stats: Arc<OrderedMutex<Vec<ShardStats>>>,
+}
+
+/// A worker's shard: the [`Handler::Worker`] state of the world.
+#[derive(Default)]
+pub struct Shard(Option<ShardState>);
+
+struct ShardState {
+    core: Core,
+    index: usize,
+    workers: usize,
+    mail: Mail,
+    sessions: FxHashMap<EntityId, Session>,
+    /// This shard's batch of the tick being delivered, until every other shard's batch of
+    /// that tick has arrived.
+    waiting: Option<Arc<TickBatch>>,
+    /// The other shards' batches received since the last delivery.
+    inbox: Vec<Arc<TickBatch>>,
+    late: u64,
+    /// Scratch: which shards' batches are in.
+    seen: Vec<bool>,
+    stats: Arc<OrderedMutex<Vec<ShardStats>>>,
+}
+
+/// Queues each player's parts on its session, each shared buffer held once per delivery.
+struct Out<'a> {
+    sessions: &'a FxHashMap<EntityId, Session>,
+    fans: Vec<Fanout>,
+}
+
+impl Deliver for Out<'_> {
+    fn begin(&mut self, shared: &[SendBuffer]) {
+        self.fans.clear();
+        self.fans.extend(shared.iter().cloned().map(Fanout::new));
+    }
+
+    fn player(&mut self, to: EntityId, parts: &[Part]) {
+        let Some(session) = self.sessions.get(&to) else {
+            return;
+        };
+        for p in parts {
+            // A refused send means the session is closing: the player leaves at its
+            // disconnect.
+            if self.fans[p.buffer].send(session, p.range.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl ShardState {
+    /// True once every other shard's batch of the waiting tick is in.
+    fn ready(&mut self) -> bool {
+        let Some(own) = &self.waiting else {
+            return false;
+        };
+        self.seen.clear();
+        self.seen.resize(self.workers, false);
+        for b in &self.inbox {
+            if b.tick >= own.tick {
+                if let Some(s) = self.seen.get_mut(b.shard as usize) {
+                    *s = true;
+                }
+            }
+        }
+        let others = self.seen.iter().filter(|&&s| s).count();
+        others + 1 >= self.workers
+    }
+
+    fn deliver(&mut self) {
+        let Some(own) = self.waiting.take() else {
+            return;
+        };
+        // A batch of a later tick (a shard that ran ahead) waits for that tick.
+        let mut later = Vec::new();
+        self.inbox.retain(|b| {
+            let keep = b.tick <= own.tick;
+            if !keep {
+                later.push(b.clone());
+            }
+            keep
+        });
+        let mut out = Out {
+            sessions: &self.sessions,
+            fans: Vec::new(),
+        };
+        self.core.deliver(&own, &self.inbox, &mut out);
+        self.inbox.clear();
+        self.inbox.append(&mut later);
+        self.report();
+    }
+
+    fn report(&self) {
+        let mut stats = self.stats.lock();
+        if let Some(s) = stats.get_mut(self.index) {
+            *s = ShardStats {
+                players: self.core.players(),
+                counts: self.core.counts(),
+                late: self.late,
+            };
+        }
+    }
+
+    fn handle(&mut self, session: &Session, frame: &Frame<'_>) -> Result<(), PacketError> {
+        let id = session.id().get();
+        let payload = frame.payload();
+        let now = Instant::now();
+        let core = &mut self.core;
+        match frame.id() {
+            Move::ID => core.step(id, Move::decode(payload)?, now),
+            Chat::ID => core.chat(id, Chat::decode(payload)?, payload, now),
+            Attack::ID => core.attack(id, Attack::decode(payload)?),
+            Ping::ID => core.ping(id, Ping::decode(payload)?),
+            Join::ID => {
+                core.join(id, Join::decode(payload)?, now)?;
+                self.sessions.insert(id, session.clone());
+                self.report();
+                Ok(())
+            }
+            id => Err(PacketError::UnknownId { id }),
+        }
+    }
 }
 
 impl World {
     /// An empty world.
     pub fn new(config: WorldConfig) -> Self {
-        let tick = config.tick;
-        let state = std::sync::Arc::new(OrderedMutex::new(
-            "world",
-            State {
-                core: Core::new(config),
-                batches: Batches::default(),
-                ticks: 0,
-                flushes: 0,
-            },
-        ));
-        let (j, m, a) = (state.clone(), state.clone(), state.clone());
-        let router = Router::new()
-            .fixed(move |s: &Session, p: &Join| {
-                let st = &mut *j.lock();
-                let id = s.id().get();
-                // The outbox first: the welcome and the notices go to it.
-                let fresh = !st.batches.outboxes.contains_key(&id);
-                if fresh {
-                    let outbox = Outbox {
-                        session: s.clone(),
-                        pending: Vec::new(),
-                        listed: false,
-                    };
-                    st.batches.outboxes.insert(id, outbox);
-                }
-                let joined = st.core.join(&mut st.batches, id, p, Instant::now());
-                if joined.is_err() && fresh {
-                    st.batches.outboxes.remove(&id);
-                }
-                joined
-            })
-            .fixed(move |s: &Session, p: &Move| {
-                let st = &mut *m.lock();
-                st.core
-                    .step(&mut st.batches, s.id().get(), p, Instant::now())
-            })
-            .fixed(move |s: &Session, p: &Attack| {
-                let st = &mut *a.lock();
-                st.core.attack(&mut st.batches, s.id().get(), p)
-            });
         Self {
-            state,
-            tick,
-            router,
+            config,
+            stats: Arc::new(OrderedMutex::new("world.stats", Vec::new())),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WorldConfig {
+        &self.config
     }
 
     /// Sets what the world needs on an engine builder: its tick.
     pub fn configure(&self, builder: Builder) -> Builder {
-        builder.tick(self.tick)
+        builder.tick(self.config.tick)
     }
 
-    /// The world's gauges and counters now.
+    /// The world's gauges and counters now, as the shards last reported them (at their
+    /// ticks, joins and leaves).
     pub fn snapshot(&self) -> WorldSnapshot {
-        let st = self.state.lock();
-        WorldSnapshot {
-            players: st.core.players(),
-            counts: st.core.counts(),
-            ticks: st.ticks,
-            flushes: st.flushes,
+        let stats = self.stats.lock();
+        let mut s = WorldSnapshot::default();
+        for shard in stats.iter() {
+            s.players += shard.players;
+            s.counts.add(&shard.counts);
+            s.late += shard.late;
         }
-    }
-
-    fn chat(&self, session: &Session, frame: Frame<'_>) -> Result<(), PacketError> {
-        let line = Chat::decode(frame.payload())?;
-        // The received payload, shared: relayed by reference.
-        let payload = SendBuffer::from(frame.payload_bytes());
-        let st = &mut *self.state.lock();
-        st.core.chat(
-            &mut st.batches,
-            session.id().get(),
-            line,
-            &payload,
-            Instant::now(),
-        )
+        s
     }
 }
 
 impl Handler for World {
-    type Worker = ();
+    type Worker = Shard;
     type Session = ();
 
-    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
-        let session = cx.session;
-        if frame.id() != Chat::ID {
-            if let Err(e) = self.router.dispatch(session, frame.id(), frame.payload()) {
-                session.close_for_packet(e);
+    fn on_start(&self, shard: &mut Shard, start: &Start) {
+        {
+            let mut stats = self.stats.lock();
+            if stats.len() < start.workers {
+                stats.resize(start.workers, ShardStats::default());
             }
-            return;
         }
-        // Chat is routed here rather than through the router: relaying it by reference needs
-        // the frame's shared bytes, not only the decoded view.
-        if let Err(e) = self.chat(session, frame) {
-            session.close_for_packet(e);
-        }
+        shard.0 = Some(ShardState {
+            core: Core::new(self.config.clone(), start.index as u32),
+            index: start.index,
+            workers: start.workers,
+            mail: start.mail.clone(),
+            sessions: FxHashMap::default(),
+            waiting: None,
+            inbox: Vec::new(),
+            late: 0,
+            seen: Vec::new(),
+            stats: self.stats.clone(),
+        });
     }
 
-    fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &zerocast::CloseReason) {
-        let st = &mut *self.state.lock();
-        let id = cx.session.id().get();
-        st.batches.outboxes.remove(&id);
-        st.core.leave(&mut st.batches, id);
-    }
-
-    /// Hands each pending list of this worker's players to its session.
-    fn on_tick(&self, _: &mut (), worker: usize) {
-        let st = &mut *self.state.lock();
-        st.ticks += 1;
-        let b = &mut st.batches;
-        let Some(dirty) = b.dirty.get_mut(worker) else {
+    fn on_frame(&self, cx: Context<'_, Self>, frame: Frame<'_>) {
+        let Some(st) = cx.worker.0.as_mut() else {
             return;
         };
-        let mut ids = std::mem::take(dirty);
-        for &id in &ids {
-            if let Some(o) = b.outboxes.get_mut(&id) {
-                o.listed = false;
-                st.flushes += u64::from(!o.pending.is_empty());
-                // A closed session drops its list: the player leaves at its disconnect.
-                if o.session.send_batch(&mut o.pending).is_err() {
-                    o.pending.clear();
-                }
+        if let Err(e) = st.handle(cx.session, &frame) {
+            cx.session.close_for_packet(e);
+        }
+    }
+
+    fn on_disconnect(&self, cx: Context<'_, Self>, _reason: &CloseReason) {
+        let Some(st) = cx.worker.0.as_mut() else {
+            return;
+        };
+        let id = cx.session.id().get();
+        if st.sessions.remove(&id).is_some() {
+            st.core.leave(id);
+            st.report();
+        }
+    }
+
+    /// Ends the shard's tick, posts it to the other shards, and delivers it once theirs
+    /// are in (a tick still waiting from last time is delivered now with what arrived).
+    fn on_tick(&self, shard: &mut Shard, tick: Tick) {
+        let Some(st) = shard.0.as_mut() else {
+            return;
+        };
+        if st.waiting.is_some() {
+            st.late += 1;
+            st.deliver();
+        }
+        let own = Arc::new(st.core.end_tick(tick.number));
+        for to in (0..st.workers).filter(|&w| w != st.index) {
+            st.mail.post(to, Box::new(own.clone()));
+        }
+        st.waiting = Some(own);
+        if st.ready() {
+            st.deliver();
+        }
+    }
+
+    fn on_message(&self, shard: &mut Shard, message: Box<dyn std::any::Any + Send>) {
+        let Some(st) = shard.0.as_mut() else {
+            return;
+        };
+        if let Ok(batch) = message.downcast::<Arc<TickBatch>>() {
+            st.inbox.push(*batch);
+            if st.ready() {
+                st.deliver();
             }
         }
-        ids.clear();
-        b.dirty[worker] = ids;
+    }
+
+    fn farewell(&self, _session: &Session, reason: &CloseReason) -> Option<SendBuffer> {
+        let code = match reason {
+            CloseReason::Protocol(_) => goodbye::PROTOCOL,
+            CloseReason::Packet(_) => goodbye::BAD_PACKET,
+            CloseReason::FirstFrameTimeout => goodbye::FIRST_FRAME_TIMEOUT,
+            CloseReason::IdleTimeout => goodbye::IDLE_TIMEOUT,
+            CloseReason::Shutdown => goodbye::SHUTDOWN,
+            CloseReason::TooManyConnections => goodbye::FULL,
+            _ => goodbye::OTHER,
+        };
+        Some(Goodbye::encode(code, &reason.to_string()))
     }
 }

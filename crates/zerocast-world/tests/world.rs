@@ -16,8 +16,8 @@ use util::*;
 use zerocast::packet::{FixedPacket, VarPacket};
 use zerocast::Engine;
 use zerocast_world::packets::{
-    channel, reject, Attack, Attacked, Chat, ChatFrom, ChatText, Entered, Join, Left, Move, Moved,
-    Rejected, Welcome, PROTOCOL_VERSION,
+    channel, goodbye, reject, Attack, Attacked, Chat, ChatFrom, ChatText, Entered, Goodbye, Join,
+    Left, Move, Moved, Ping, Pong, Rejected, Welcome, PROTOCOL_VERSION,
 };
 use zerocast_world::{World, WorldConfig};
 
@@ -163,18 +163,20 @@ fn moves_reach_players_in_range_and_nobody_farther_with_enter_and_leave_notices(
     b.place(250.0, 150.0);
     c.place(750.0, 750.0);
 
-    // A walks inside its cell: B sees every step, C none.
-    for i in 0..5 {
-        a.go(151.0 + i as f32, 150.0);
+    // A walks inside its cell: B sees it, C does not. Moves within one tick are conflated:
+    // B sees some of the steps, in order, the last one last.
+    let steps: Vec<(f32, f32)> = (0..5).map(|i| (151.0 + i as f32, 150.0)).collect();
+    for &(x, y) in &steps {
+        a.go(x, y);
     }
     a.say(channel::GLOBAL, "walked");
     let at_b = b.until_chat("walked");
     let at_c = c.until_chat("walked");
-    assert_eq!(
-        moved_by(&at_b, a.id),
-        (0..5)
-            .map(|i| (151.0 + i as f32, 150.0))
-            .collect::<Vec<_>>()
+    let seen = moved_by(&at_b, a.id);
+    assert_eq!(seen.last(), steps.last(), "B ends where A ended: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "in order: {seen:?}"
     );
     assert!(moved_by(&at_c, a.id).is_empty(), "C is three cells away");
 
@@ -337,9 +339,8 @@ fn malformed_packets_close_only_their_session() {
 }
 
 #[test]
-fn each_player_gets_one_gathered_write_per_tick() {
-    // 20 players in one cell, each moving 5 times inside a 300 ms tick: every player gets
-    // 95 moves, in one write per tick the moves span.
+fn each_player_gets_one_gathered_write_per_tick_and_moves_are_conflated_to_state() {
+    // 20 players in one cell, each moving 5 times in a burst, with a 300 ms tick.
     let (engine, addr, w) = world(1e6, 300);
     let mut players: Vec<Client> = (0..20).map(|_| Client::join(addr)).collect();
     for (i, p) in players.iter_mut().enumerate() {
@@ -347,33 +348,71 @@ fn each_player_gets_one_gathered_write_per_tick() {
     }
     barrier(&mut players, "placed");
     let before = engine.metrics();
+    let counts_before = w.snapshot().counts;
     for round in 1..=5 {
         for (i, p) in players.iter_mut().enumerate() {
             p.go(500.0 + i as f32, 500.0 + round as f32);
         }
     }
     let ids: Vec<u64> = players.iter().map(|p| p.id).collect();
-    for (p, seen) in barrier(&mut players, "done").iter().enumerate() {
-        for &other in ids.iter().filter(|&&o| o != ids[p]) {
-            assert_eq!(moved_by(seen, other).len(), 5, "all five moves of {other}");
+    let seen = barrier(&mut players, "done");
+    // What one player saw of another is what everyone else saw of it: the frames laid out
+    // in the cell's buffer. Each player's five moves became that many frames, the rest
+    // conflated, and the last frame carries the last position.
+    let mut laid_out = 0;
+    for (i, &other) in ids.iter().enumerate() {
+        let observer = (i + 1) % ids.len();
+        let got = moved_by(&seen[observer], other);
+        assert!((1..=5).contains(&got.len()), "{got:?}");
+        assert_eq!(got.last(), Some(&(500.0 + i as f32, 505.0)));
+        for (o, s) in seen.iter().enumerate().filter(|&(o, _)| o != i) {
+            assert_eq!(moved_by(s, other), got, "observer {o} saw the same frames");
         }
+        laid_out += got.len() as u64;
     }
+    let after_counts = w.snapshot().counts;
+    assert_eq!(after_counts.moves - counts_before.moves, 100);
+    assert_eq!(
+        after_counts.conflated - counts_before.conflated,
+        100 - laid_out,
+        "every move not laid out was conflated"
+    );
     // The counters move when the kernel reports a write done: on io_uring that completion can
     // be reaped after the client has already read the bytes, so wait for them to settle.
+    let frames_expected = 19 * laid_out;
     wait_until(Duration::from_secs(2), || {
-        engine.metrics().frames_out - before.frames_out >= 20 * 95
+        engine.metrics().frames_out - before.frames_out >= frames_expected
     });
     let after = engine.metrics();
     let writes = after.writes - before.writes;
-    let frames = after.frames_out - before.frames_out;
-    // 20 × 95 moves and 20 chat lines (two buffers each): at most 3 ticks × 20 players writes.
-    assert!(frames >= 20 * 95, "{frames} frames");
+    let ticks = after_counts.ticks - counts_before.ticks;
+    // One write per player per tick that had something for it, at most.
     assert!(
-        writes <= 3 * 20,
-        "{writes} writes for {frames} frames: the tick did not gather them"
+        writes <= ticks * 20,
+        "{writes} writes in {ticks} shard ticks: the tick did not gather them"
     );
-    assert!(w.snapshot().flushes > 0);
+    assert!(after_counts.flushes > counts_before.flushes);
     drop(players);
+    engine.shutdown();
+    assert_no_leaks(&engine);
+}
+
+#[test]
+fn a_ping_is_answered_and_a_bad_packet_gets_a_goodbye_before_the_close() {
+    let (engine, addr, _w) = world(20.0, 10);
+    let mut a = Client::join(addr);
+    a.send(&Ping::new(0xC0FFEE).encode());
+    let got = a.until(|id, _| id == Pong::ID);
+    assert_eq!(
+        Pong::decode(&got.last().unwrap().1).unwrap().nonce.get(),
+        0xC0FFEE
+    );
+    a.send(&frame(0x7777, &[]));
+    let got = a.until(|id, _| id == Goodbye::ID);
+    let bye = Goodbye::decode(&got.last().unwrap().1).unwrap();
+    assert_eq!(bye.reason, goodbye::BAD_PACKET);
+    assert!(bye.text.contains("0x7777"), "{}", bye.text);
+    assert!(closed_by_peer(&mut a.s));
     engine.shutdown();
     assert_no_leaks(&engine);
 }

@@ -257,6 +257,12 @@ impl Engine {
             engine.metrics.push(m);
             lock(&engine.threads).push(thread);
         }
+        let owners: Vec<std::sync::Weak<dyn crate::session::Owner>> = engine
+            .workers
+            .iter()
+            .map(|w| Arc::downgrade(w) as std::sync::Weak<dyn crate::session::Owner>)
+            .collect();
+        let _ = ctx.mail.workers.set(owners);
         Ok(engine)
     }
 

@@ -59,6 +59,6 @@ pub use buffer::SendBuffer;
 pub use config::Backend;
 pub use engine::{Builder, Engine};
 pub use group::Group;
-pub use handler::{Context, Frame, Handler};
+pub use handler::{Context, Frame, Handler, Mail, Start, Tick};
 pub use metrics::Snapshot;
-pub use session::{CloseReason, Refused, Registry, SendError, Session, SessionId};
+pub use session::{CloseReason, Fanout, Refused, Registry, SendError, Session, SessionId};

@@ -2,9 +2,9 @@
 //! recipient and written with its own send call. One thread on mio (edge-triggered epoll).
 //! Correct (partial writes are queued and resumed), just not frugal.
 //!
-//! `world` mode runs the same game as `zerocast world` (`zerocast::world::Core`: same rules,
-//! same area of interest, same packets), but sends every event the moment it happens, a copy
-//! per recipient and a write per packet, with no tick.
+//! `world` mode runs the same game as `zerocast world` (`zerocast_world::Core`: same rules,
+//! same area of interest, same tick, same packets), but at each tick copies every packet into
+//! a fresh allocation for every recipient and writes each with its own send call.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -17,8 +17,8 @@ use mio::{Events, Interest, Poll, Token};
 use zerocast::packet::{FixedPacket, PacketError, VarPacket};
 use zerocast::SendBuffer;
 use zerocast_peers::{announce, frame_size, listener, stop_flag, Mode, PeerArgs, HEADER_LEN};
-use zerocast_world::packets::{Attack, Chat, Join, Move};
-use zerocast_world::{Core, Deliver, WorldConfig};
+use zerocast_world::packets::{Attack, Chat, Join, Move, Ping};
+use zerocast_world::{Core, Deliver, Part, WorldConfig};
 
 const LISTENER: Token = Token(usize::MAX);
 
@@ -106,57 +106,75 @@ fn relayed(sender: u64, frame: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Delivers world packets the naive way: a fresh copy per recipient, written at once.
+/// Delivers a tick the naive way: each packet of a player's parts copied into a fresh
+/// allocation and written with its own call.
 struct SendNow<'a> {
     conns: &'a mut HashMap<Token, Conn>,
+    shared: Vec<SendBuffer>,
     dead: Vec<Token>,
 }
 
 impl Deliver for SendNow<'_> {
-    fn deliver(&mut self, to: u64, buf: &SendBuffer) {
+    fn begin(&mut self, shared: &[SendBuffer]) {
+        self.shared = shared.to_vec();
+    }
+
+    fn player(&mut self, to: u64, parts: &[Part]) {
         let token = Token(to as usize);
-        if let Some(c) = self.conns.get_mut(&token) {
-            if !c.send_packet(buf.as_bytes().to_vec()) {
-                self.dead.push(token);
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        for p in parts {
+            let mut bytes = &self.shared[p.buffer].as_bytes()[p.range.clone()];
+            while let Some(size) = (bytes.len() >= HEADER_LEN)
+                .then(|| frame_size(bytes))
+                .flatten()
+            {
+                if !c.send_packet(bytes[..size].to_vec()) {
+                    self.dead.push(token);
+                    return;
+                }
+                bytes = &bytes[size..];
             }
         }
     }
 }
 
 /// Decodes one world frame and plays it.
-fn world_frame(
-    core: &mut Core,
-    out: &mut impl Deliver,
-    id: u64,
-    f: &[u8],
-) -> Result<(), PacketError> {
+fn world_frame(core: &mut Core, id: u64, f: &[u8]) -> Result<(), PacketError> {
     let kind = u16::from_le_bytes([f[2], f[3]]);
     let payload = &f[HEADER_LEN..];
     let now = Instant::now();
     match kind {
-        Join::ID => core.join(out, id, Join::decode(payload)?, now),
-        Move::ID => core.step(out, id, Move::decode(payload)?, now),
-        Attack::ID => core.attack(out, id, Attack::decode(payload)?),
-        Chat::ID => {
-            let line = Chat::decode(payload)?;
-            core.chat(out, id, line, &SendBuffer::copy_from_slice(payload), now)
-        }
+        Join::ID => core.join(id, Join::decode(payload)?, now),
+        Move::ID => core.step(id, Move::decode(payload)?, now),
+        Attack::ID => core.attack(id, Attack::decode(payload)?),
+        Chat::ID => core.chat(id, Chat::decode(payload)?, payload, now),
+        Ping::ID => core.ping(id, Ping::decode(payload)?),
         id => Err(PacketError::UnknownId { id }),
     }
 }
 
-/// Closes `dead` connections; in world mode their players leave, which may find more dead.
-fn close_all(conns: &mut HashMap<Token, Conn>, core: &mut Core, mut dead: Vec<Token>) {
-    while let Some(t) = dead.pop() {
+/// Closes `dead` connections; in world mode their players leave.
+fn close_all(conns: &mut HashMap<Token, Conn>, core: &mut Core, dead: Vec<Token>) {
+    for t in dead {
         if conns.remove(&t).is_some() {
-            let mut out = SendNow {
-                conns,
-                dead: Vec::new(),
-            };
-            core.leave(&mut out, t.0 as u64);
-            dead.append(&mut out.dead);
+            core.leave(t.0 as u64);
         }
     }
+}
+
+/// Runs a world tick: every player's packets of the tick, a copy and a write each.
+fn world_tick(conns: &mut HashMap<Token, Conn>, core: &mut Core, tick: u64) {
+    let batch = core.end_tick(tick);
+    let mut out = SendNow {
+        conns,
+        shared: Vec::new(),
+        dead: Vec::new(),
+    };
+    core.deliver(&batch, &[], &mut out);
+    let dead = out.dead;
+    close_all(conns, core, dead);
 }
 
 fn main() -> anyhow::Result<()> {
@@ -173,13 +191,25 @@ fn main() -> anyhow::Result<()> {
     let mut next = 1u64;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; 64 * 1024];
-    // Events are sent at once: no tick (the welcome says 0 ms).
-    let mut world = Core::new(WorldConfig {
-        tick: Duration::ZERO,
-        ..WorldConfig::default()
-    });
+    let mut world = Core::new(WorldConfig::default(), 0);
+    let period = world.config().tick;
+    let start = Instant::now();
+    let mut tick = 1u64;
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        let due = start + period * tick as u32;
+        let now = Instant::now();
+        if args.mode == Mode::World && now >= due {
+            world_tick(&mut conns, &mut world, tick);
+            // Missed ticks are skipped, as the engine does.
+            let elapsed = now.duration_since(start).as_nanos() / period.as_nanos().max(1);
+            tick = (elapsed as u64 + 1).max(tick + 1);
+            continue;
+        }
+        let mut wait = Duration::from_millis(100);
+        if args.mode == Mode::World {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
@@ -251,22 +281,16 @@ fn main() -> anyhow::Result<()> {
                 }
                 Mode::World => {
                     let id = conn.id;
-                    let mut out = SendNow {
-                        conns: &mut conns,
-                        dead: Vec::new(),
-                    };
                     for f in &frames {
                         // A malformed packet closes its connection, as in zerocast.
-                        if world_frame(&mut world, &mut out, id, f).is_err() {
+                        if world_frame(&mut world, id, f).is_err() {
                             alive = false;
                             break;
                         }
                     }
-                    let mut dead = out.dead;
                     if !alive {
-                        dead.push(token);
+                        close_all(&mut conns, &mut world, vec![token]);
                     }
-                    close_all(&mut conns, &mut world, dead);
                 }
             }
         }

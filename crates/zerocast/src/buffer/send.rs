@@ -74,6 +74,15 @@ impl SendBuffer {
         })
     }
 
+    /// The bytes `range`, sharing this buffer's memory (a reference count, no copy).
+    ///
+    /// # Panics
+    /// If `range` is not within the buffer.
+    #[track_caller]
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self::new(self.bytes.slice(range), true)
+    }
+
     /// The bytes.
     #[inline]
     pub fn as_bytes(&self) -> &Bytes {

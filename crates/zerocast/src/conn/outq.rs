@@ -100,11 +100,13 @@ impl Keeps {
         self.slots[k as usize].buf.as_deref().unwrap_or(&[])
     }
 
-    fn retain(&mut self, k: KeepId) {
+    /// Counts one more holder of `k` (a piece, or a [`Fanout`](crate::Fanout) while it lives).
+    pub(crate) fn retain(&mut self, k: KeepId) {
         self.slots[k as usize].refs += 1;
     }
 
-    fn release(&mut self, k: KeepId) {
+    /// Counts one holder of `k` out; the last releases the buffer.
+    pub(crate) fn release(&mut self, k: KeepId) {
         let slot = &mut self.slots[k as usize];
         slot.refs -= 1;
         if slot.refs == 0 {

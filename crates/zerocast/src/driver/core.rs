@@ -37,6 +37,10 @@ pub(crate) struct EngineShared {
     next_id: AtomicU64,
     /// Accepted sessions open, for the connection cap.
     accepted_open: AtomicUsize,
+    /// When the engine started: tick `n` falls at `epoch + n * period` on every worker.
+    pub(crate) epoch: Instant,
+    /// The workers, for handlers to message each other.
+    pub(crate) mail: crate::handler::Mail,
 }
 
 impl EngineShared {
@@ -48,6 +52,8 @@ impl EngineShared {
             connected: Striped::new(),
             next_id: AtomicU64::new(1),
             accepted_open: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            mail: crate::handler::Mail::new(),
         }
     }
 
@@ -117,7 +123,8 @@ pub(crate) struct Core<B: Backend> {
     /// The write delay in microseconds.
     pub(super) write_delay_us: u32,
     last_housekeeping: Instant,
-    next_tick: Option<Instant>,
+    /// The next tick: when, and its number.
+    next_tick: Option<(Instant, u64)>,
     accept_paused_until: Option<Instant>,
     accept_stopped: Vec<usize>,
     last_accept_warning: Option<Instant>,
@@ -153,7 +160,7 @@ impl<B: Backend> Core<B> {
         };
         Self {
             recv: RecvChunk::new(cfg.recv_chunk),
-            next_tick: cfg.tick.map(|p| now + p),
+            next_tick: cfg.tick.map(|p| tick_after(ctx.epoch, p, now)),
             limits,
             b,
             shared,
@@ -187,7 +194,11 @@ impl<B: Backend> Core<B> {
     /// Runs the worker until it shuts down.
     pub(crate) fn run(mut self) {
         self.shared.enter();
-        self.app.start(self.shared.index);
+        self.app.start(&crate::handler::Start {
+            index: self.shared.index,
+            workers: self.ctx.config.workers,
+            mail: self.ctx.mail.clone(),
+        });
         let mut again = Vec::new();
         while !self.exit || self.b.busy() {
             let timeout = self.timeout();
@@ -248,7 +259,7 @@ impl<B: Backend> Core<B> {
         }
         let mut until = self.last_housekeeping + HOUSEKEEPING;
         for t in [
-            self.next_tick,
+            self.next_tick.map(|t| t.0),
             self.accept_paused_until,
             self.shutdown_at,
             self.write_at,
@@ -287,17 +298,20 @@ impl<B: Backend> Core<B> {
     }
 
     fn tick_if_due(&mut self) {
-        let (Some(due), Some(period)) = (self.next_tick, self.ctx.config.tick) else {
+        let (Some((due, number)), Some(period)) = (self.next_tick, self.ctx.config.tick) else {
             return;
         };
         if self.now < due {
             return;
         }
-        // Missed ticks are not replayed.
-        self.next_tick = Some((due + period).max(self.now));
+        // Missed ticks are not replayed: the next is the first still ahead.
+        self.next_tick = Some(tick_after(self.ctx.epoch, period, self.now));
         if self.shutdown_at.is_none() {
             let t0 = Instant::now();
-            self.app.tick(self.shared.index);
+            self.app.tick(crate::handler::Tick {
+                worker: self.shared.index,
+                number,
+            });
             self.m.tick_ns.record(t0.elapsed().as_nanos() as u64);
         }
     }
@@ -347,6 +361,7 @@ impl<B: Backend> Core<B> {
                 }
             }
             Command::Session(Notice::Deliver(batch)) => self.deliver_batch(batch),
+            Command::Session(Notice::Message(m)) => self.app.message(m),
             Command::Shutdown(deadline) => {
                 self.b.stop_accepting();
                 self.accept_stopped.clear();
@@ -448,6 +463,14 @@ impl<B: Backend> Core<B> {
             .set(buffer::thread_chunks_in_use() as u64);
         self.m.connections_open.set(self.open as u64);
     }
+}
+
+/// The first tick strictly after `now`: `epoch + n * period`, and `n`.
+fn tick_after(epoch: Instant, period: Duration, now: Instant) -> (Instant, u64) {
+    let p = period.as_nanos().max(1);
+    let n = now.saturating_duration_since(epoch).as_nanos() / p + 1;
+    let at = epoch + Duration::from_nanos((n * p).min(u128::from(u64::MAX)) as u64);
+    (at, n as u64)
 }
 
 impl From<crate::conn::timing::Expired> for CloseReason {

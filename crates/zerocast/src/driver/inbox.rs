@@ -158,6 +158,8 @@ fn resolve_offline(cmd: Command) {
     match cmd {
         Command::Register(_, session) => session.shared.retire(),
         Command::Session(Notice::Flush(s)) | Command::Session(Notice::Close(s, _)) => s.retire(),
-        Command::Session(Notice::Deliver(_)) | Command::Listen(_) | Command::Shutdown(_) => {}
+        Command::Session(Notice::Deliver(_) | Notice::Message(_))
+        | Command::Listen(_)
+        | Command::Shutdown(_) => {}
     }
 }

@@ -91,6 +91,26 @@ pub trait FixedPacket: FromBytes + IntoBytes + KnownLayout + Immutable + Unalign
         })
     }
 
+    /// Appends the whole frame (header and packet) to `out`: for laying many packets out in
+    /// one buffer.
+    fn encode_into(&self, out: &mut impl BufMut)
+    where
+        Self: Sized,
+    {
+        let header = Header::for_payload(Self::ID, std::mem::size_of::<Self>())
+            .expect("a fixed packet is far smaller than a frame");
+        out.put_slice(&header.to_bytes());
+        out.put_slice(self.as_bytes());
+    }
+
+    /// The frame's length on the wire, header included.
+    fn frame_len() -> usize
+    where
+        Self: Sized,
+    {
+        HEADER_LEN + std::mem::size_of::<Self>()
+    }
+
     /// The whole frame (header and packet), written once into a pooled buffer.
     fn encode(&self) -> SendBuffer
     where

@@ -107,11 +107,23 @@ impl Outbox {
 
     /// Queues on an open slot; refuses (without closing anything) above `limit`.
     fn push_at(&mut self, index: u32, k: KeepId, len: usize, limit: usize) -> Result<(), Refused> {
+        self.push_range(index, k, 0, len, limit)
+    }
+
+    /// Queues `len` bytes of kept buffer `k` from `off` on an open slot.
+    fn push_range(
+        &mut self,
+        index: u32,
+        k: KeepId,
+        off: usize,
+        len: usize,
+        limit: usize,
+    ) -> Result<(), Refused> {
         let s = &mut self.slots[index as usize];
         if s.q.bytes() + len > limit {
             return Err(Refused::SlowConsumer);
         }
-        s.q.push(&mut self.keeps, k, 0, len as u32);
+        s.q.push(&mut self.keeps, k, off as u32, len as u32);
         if !s.dirty {
             s.dirty = true;
             self.dirty.push(index);
@@ -347,6 +359,41 @@ pub(super) fn send_remote(
         }
         _ => Err(buf),
     })
+}
+
+/// A [`Fanout`](crate::Fanout)'s send: `range` of `buf` on `session`, if this thread runs its
+/// worker; the buffer is kept once (in `kept`, held until [`fanout_done`]). `Err(())`
+/// elsewhere: the caller sends a slice.
+pub(super) fn send_kept(
+    session: &Arc<SessionShared>,
+    buf: &SendBuffer,
+    kept: &mut Option<KeepId>,
+    range: std::ops::Range<usize>,
+) -> Result<Result<(), Refused>, ()> {
+    on_owner(session, (), |out, ()| {
+        let token = session.token.load(Ordering::Relaxed);
+        let (index, generation) = split(token);
+        match out.slots.get(index as usize) {
+            Some(s) if s.open && s.generation == generation && !session.is_closing() => {}
+            _ => return Err(Refused::Closed),
+        }
+        let k = *kept.get_or_insert_with(|| {
+            let k = out.keeps.insert(buf.clone());
+            out.keeps.retain(k); // the fanout's own hold
+            k
+        });
+        out.push_range(index, k, range.start, range.len(), session.limit)
+            .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))
+    })
+}
+
+/// A [`Fanout`](crate::Fanout) is dropped: its hold on the kept buffer ends.
+pub(super) fn fanout_done(kept: KeepId) {
+    let _ = OUTBOX.try_with(|o| {
+        if let Ok(mut out) = o.try_borrow_mut() {
+            out.keeps.release(kept);
+        }
+    });
 }
 
 /// Queues `buf` on every session of `members`: on this thread's worker, one reference for

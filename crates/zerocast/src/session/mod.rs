@@ -14,6 +14,7 @@
 //! Layering inside: [`shared`] (identity, bookkeeping, how to reach the owner) ← [`local`]
 //! (the worker's output) ← [`handle`] (the public [`Session`]); this file only re-exports.
 
+mod fanout;
 mod handle;
 mod local;
 pub(crate) mod queue;
@@ -21,6 +22,7 @@ mod reason;
 mod registry;
 mod shared;
 
+pub use fanout::Fanout;
 pub use handle::Session;
 pub(crate) use local::{broadcast, enter, for_outbox};
 pub use reason::CloseReason;

@@ -65,6 +65,8 @@ pub(crate) enum Notice {
     Close(Arc<SessionShared>, CloseReason),
     /// Sends from another worker, batched.
     Deliver(Batch),
+    /// A message for the worker's handler ([`Handler::on_message`](crate::Handler)).
+    Message(Box<dyn std::any::Any + Send>),
 }
 
 /// The worker that owns a session, as the session sees it. Implemented by the driver.

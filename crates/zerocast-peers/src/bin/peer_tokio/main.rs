@@ -4,7 +4,9 @@
 //! handed to every connection's unbounded channel, a writer task per connection draining it
 //! into its buffered writer and flushing when the channel is empty. Unbounded, so that no
 //! client is dropped for a full channel: a bounded channel with a drop policy decided earlier
-//! comparisons more than the servers did.
+//! comparisons more than the servers did. The world: see `world.rs`.
+
+mod world;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ type Clients = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Bytes>>>>;
 /// zerocast's header: u16 LE size counting the whole frame, then u16 id; frames keep it.
 /// With nothing skipped, the codec reads `size + adjustment` bytes from the frame's start,
 /// so the adjustment is 0.
-fn codec() -> LengthDelimitedCodec {
+pub(crate) fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .little_endian()
         .length_field_offset(0)
@@ -100,13 +102,14 @@ async fn broadcast(stream: TcpStream, id: u64, clients: Clients) -> std::io::Res
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = PeerArgs::parse();
-    if args.mode == Mode::World {
-        anyhow::bail!("peer-tokio serves echo and broadcast; the world peer is peer-naive");
-    }
     let std_listener = listener(args.listen)?;
     announce(&std_listener)?;
     let listener = TcpListener::from_std(std_listener)?;
     let clients: Clients = Arc::default();
+    let game = world::new();
+    if args.mode == Mode::World {
+        tokio::spawn(world::ticks(game.clone()));
+    }
     let next = AtomicU64::new(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -123,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
                         let id = next.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(broadcast(stream, id, clients.clone()));
                     }
-                    Mode::World => unreachable!("refused at start"),
+                    Mode::World => {
+                        let id = next.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(world::serve(stream, id, game.clone()));
+                    }
                 }
             }
             _ = term.recv() => break,
