@@ -133,6 +133,10 @@ pub struct WorldArgs {
     /// World tick in milliseconds: events reach players once per tick.
     #[arg(long, default_value_t = 50)]
     pub tick_ms: u64,
+    /// Writes per second one worker may make, the world's capacity: above players x tick
+    /// rate, the world delivers every second (third, ...) tick, moves conflated in between
+    #[arg(long, default_value_t = 50_000)]
+    pub max_writes_per_sec: u32,
 }
 
 impl WorldArgs {
@@ -148,11 +152,16 @@ impl WorldArgs {
             (1..=60_000).contains(&self.tick_ms),
             "--tick-ms must be between 1 and 60000"
         );
+        anyhow::ensure!(
+            self.max_writes_per_sec > 0,
+            "--max-writes-per-sec must be at least 1"
+        );
         Ok(zerocast_world::WorldConfig {
             size: self.world_size,
             cell_size: self.cell_size,
             max_speed: self.max_speed,
             tick: Duration::from_millis(self.tick_ms),
+            max_writes_per_sec: self.max_writes_per_sec,
             ..Default::default()
         })
     }
@@ -246,7 +255,7 @@ fn serve(
     println!("listening on {addr}");
     tracing::info!(backend = engine.backend().name(), "serving");
     if let Some(m) = args.metrics {
-        let bound = metrics_http::serve(m, engine.clone(), extra)
+        let bound = metrics_http::serve(m, engine.clone(), extra.clone())
             .with_context(|| format!("cannot serve metrics on {m}"))?;
         println!("metrics on {bound}");
     }
@@ -257,6 +266,7 @@ fn serve(
     std::thread::scope(|s| {
         if let Some(every) = stats {
             let engine = &engine;
+            let extra = &extra;
             let signals_closed = &handle;
             s.spawn(move || {
                 let tick = Duration::from_millis(100);
@@ -266,7 +276,7 @@ fn serve(
                     waited += tick;
                     if waited >= every {
                         waited = Duration::ZERO;
-                        eprintln!("stats {}", engine.metrics());
+                        eprintln!("stats {}{}", engine.metrics(), extra_pairs(extra.as_ref()));
                     }
                 }
             });
@@ -276,6 +286,16 @@ fn serve(
         tracing::info!(?signal, "shutting down");
         engine.shutdown_graceful(Duration::from_secs_f64(args.drain.max(0.0)));
     });
-    eprintln!("final {}", engine.metrics());
+    eprintln!("final {}{}", engine.metrics(), extra_pairs(extra.as_ref()));
     Ok(())
+}
+
+/// The application's figures (the world's) as ` world_name=value` pairs, after the engine's.
+fn extra_pairs(extra: Option<&metrics_http::Extra>) -> String {
+    let mut out = String::new();
+    for row in extra.map(|e| e()).unwrap_or_default() {
+        use std::fmt::Write;
+        let _ = write!(out, " world_{}={}", row.name, row.value);
+    }
+    out
 }

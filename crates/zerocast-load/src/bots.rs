@@ -2,11 +2,13 @@
 //! the speed limit, and now and then chats (nearby, sometimes globally).
 //!
 //! # What is measured
-//! - Delivery latency of moves: a bot remembers the send time of its recent moves by
-//!   position; when another bot receives `Moved`, the generator looks the mover's position
-//!   up and records now − send time. (The world protocol carries no client timestamps; the
-//!   generator's bots share one clock and one table instead.) A move whose sender is not in
-//!   this process, or has aged out of the table, is counted as an untimed delivery.
+//! - Delivery latency of moves. The world protocol carries no client timestamps, so a bot
+//!   writes its send time into the low 16 bits of its move's `velocity` (milliseconds of the
+//!   machine-wide monotonic clock, modulo 65,536: a change of the speed below 1 %, which the
+//!   server relays untouched in `Moved`). The receiving bot, whichever generator process it
+//!   is in, subtracts it from its own clock: the latency of the newest position the server
+//!   sent, to the millisecond, without looking the mover up. A stamp from the future or older
+//!   than [`MAX_AGE_MS`] (not a bot's, or a clock wrap) is counted as untimed.
 //! - Area of interest, checked on every delivery: the mover's cell must be within two cells of
 //!   a cell the receiver occupied in its recent moves. The server judges range at its tick by
 //!   the receiver's position then (one of those), and a mover that crossed into a cell the
@@ -14,8 +16,8 @@
 //!   each side. A move from farther away is counted in `out_of_range`, which a correct server
 //!   keeps at zero.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use zerocast::metrics::Striped;
@@ -28,11 +30,27 @@ use zerocast_world::packets::{
 
 use crate::stats::Stats;
 
-/// Recent moves a bot remembers for latency matching (25 s at 10 Hz: an overloaded server's
-/// late deliveries are still timed, not silently dropped from the figures), and recent
-/// distinct cells for range checks. Lookups search from the newest end, so the depth costs
-/// nothing while the server keeps up.
-const HISTORY: usize = 256;
+/// Recent distinct cells a bot remembers for range checks (they change rarely: this spans
+/// minutes).
+const HISTORY: usize = 64;
+/// Oldest send time a stamp may name: older ones are ambiguous (the stamp wraps at 65.5 s).
+pub const MAX_AGE_MS: u64 = 60_000;
+
+/// `speed` with `stamp_ns` (a [`crate::clock::now_ns`] value) in its low 16 bits, as
+/// milliseconds.
+pub(crate) fn stamped_speed(speed: f32, stamp_ns: u64) -> f32 {
+    let ms = (stamp_ns / 1_000_000) & 0xFFFF;
+    f32::from_bits((speed.to_bits() & !0xFFFF) | ms as u32)
+}
+
+/// The send time a stamped speed carries, as seen at `now_ns`: `None` if it is in the future
+/// or older than [`MAX_AGE_MS`]. Rounded to the middle of its millisecond.
+pub(crate) fn send_time(velocity: f32, now_ns: u64) -> Option<u64> {
+    let sent = u64::from(velocity.to_bits() & 0xFFFF);
+    let now_ms = now_ns / 1_000_000;
+    let age = (now_ms & 0xFFFF).wrapping_sub(sent) & 0xFFFF;
+    (age <= MAX_AGE_MS && age <= now_ms).then(|| ((now_ms - age) * 1_000_000 + 500_000).min(now_ns))
+}
 /// One move in this many carries a chat line; one chat line in ten is global.
 const CHAT_EVERY: u64 = 100;
 /// Bots walk at this fraction of the server's speed limit.
@@ -43,7 +61,8 @@ const PACE: f32 = 0.5;
 pub struct WorldFigures {
     /// Bots the server welcomed.
     pub joined: u64,
-    /// `Moved` deliveries whose send time was not found (counted in `received` all the same).
+    /// `Moved` deliveries whose stamp named no plausible send time (counted in `received` all
+    /// the same).
     pub untimed: u64,
     /// `Moved` deliveries from a player out of the receiver's range: a correct server sends
     /// none.
@@ -98,14 +117,8 @@ struct Bot {
     heading: f32,
     rng: u64,
     moves: u64,
-    /// Recent moves: position bits and the scheduled send time.
-    sent: VecDeque<(u64, u64)>,
     /// Cells of the recent positions the server may hold for this bot (spawn included).
     cells: VecDeque<(i64, i64)>,
-}
-
-fn key(x: f32, y: f32) -> u64 {
-    (u64::from(x.to_bits()) << 32) | u64::from(y.to_bits())
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
@@ -161,8 +174,6 @@ impl Bot {
 /// connects, so its ids are 1..=connections).
 pub(crate) struct Bots {
     bots: Vec<Mutex<Bot>>,
-    /// Player id → bot index.
-    players: RwLock<HashMap<u64, usize>>,
     /// Seconds between one bot's moves.
     interval_s: f32,
     joined: Striped,
@@ -187,7 +198,6 @@ impl Bots {
                     })
                 })
                 .collect(),
-            players: RwLock::new(HashMap::with_capacity(count)),
             interval_s: (1.0 / moves_per_sec_each) as f32,
             joined: Striped::new(),
             untimed: Striped::new(),
@@ -218,10 +228,7 @@ impl Bots {
         let mut bot = bot.lock().unwrap_or_else(|e| e.into_inner());
         let Some(id) = bot.id else { return false };
         let [x, y, z] = bot.step(self.interval_s);
-        let speed = bot.rules.speed;
-        // Recorded before the send: a receiver looks it up under this bot's lock, which is
-        // held until the move is queued.
-        push_bounded(&mut bot.sent, (key(x, y), stamp));
+        let speed = stamped_speed(bot.rules.speed, stamp);
         if session.send(Move::new(x, y, z, speed).encode()).is_err() {
             return false;
         }
@@ -284,11 +291,6 @@ impl Bots {
                 bot.heading = (bot.next_random() % 628) as f32 / 100.0;
                 bot.at(w.x.get(), w.y.get());
                 drop(bot);
-                let index = usize::try_from(session.id().get() - 1).unwrap_or(usize::MAX);
-                self.players
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, index);
                 self.joined.add(1);
             }
             Rejected::ID => {
@@ -337,21 +339,7 @@ impl Bots {
                 self.out_of_range.add(1);
             }
         }
-        let mover = self
-            .players
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&m.id.get())
-            .copied();
-        let stamp = mover.and_then(|i| {
-            let bot = self.bots[i].lock().unwrap_or_else(|e| e.into_inner());
-            let k = key(x, y);
-            bot.sent
-                .iter()
-                .rev()
-                .find(|(s, _)| *s == k)
-                .map(|&(_, t)| t)
-        });
+        let stamp = send_time(m.velocity.get(), now);
         match stamp {
             Some(stamp) => stats.on_receive(stamp, now),
             None => {
@@ -399,6 +387,30 @@ mod tests {
             assert!(d <= 1.0 + 1e-3, "step of {d}");
             assert!((1.0..=99.0).contains(&p[0]) && (1.0..=99.0).contains(&p[1]));
             prev = p;
+        }
+    }
+
+    #[test]
+    fn a_stamped_speed_carries_its_send_time_across_the_wrap_and_stays_under_the_limit() {
+        for sent in [
+            0u64,
+            5_000_000,
+            65_535_900_000,
+            65_536_100_000,
+            3_600_000_000_000,
+        ] {
+            let v = stamped_speed(10.0, sent);
+            assert!((10.0..10.1).contains(&v), "{v}");
+            for later_ms in [0u64, 1, 120, 59_999] {
+                let now = sent + later_ms * 1_000_000 + 300_000;
+                let t = send_time(v, now).expect("timed");
+                assert!(
+                    t <= now && now - t <= (later_ms + 1) * 1_000_000,
+                    "{sent} {later_ms}"
+                );
+                assert!(t + 1_000_000 >= sent, "{sent} {later_ms}");
+            }
+            assert_eq!(send_time(v, sent + 61_000_000_000), None, "too old");
         }
     }
 }

@@ -50,7 +50,10 @@ fn load(scenario: Scenario, addr: SocketAddr, n: usize, pace: Pace) -> Report {
 }
 
 fn peers() -> [&'static str; 2] {
-    [env!("CARGO_BIN_EXE_peer-tokio"), env!("CARGO_BIN_EXE_peer-naive")]
+    [
+        env!("CARGO_BIN_EXE_peer-tokio"),
+        env!("CARGO_BIN_EXE_peer-naive"),
+    ]
 }
 
 #[test]
@@ -59,7 +62,10 @@ fn every_peer_echoes_and_relays_everything() {
         let (_p, addr) = start(bin, "echo");
         let r = load(Scenario::Echo, addr, 20, Pace::Closed { depth: 1 });
         assert!(r.problems(1.0).is_empty(), "{bin}: {r}");
-        assert!(r.received > 100 && r.corrupt == 0 && r.unanswered == 0, "{bin}: {r}");
+        assert!(
+            r.received > 100 && r.corrupt == 0 && r.unanswered == 0,
+            "{bin}: {r}"
+        );
         let (_p, addr) = start(bin, "broadcast");
         let r = load(Scenario::Broadcast, addr, 20, Pace::Rate { per_sec: 200.0 });
         assert!(r.problems(1.0).is_empty(), "{bin}: {r}");
@@ -74,8 +80,16 @@ fn every_peer_plays_the_world_within_its_rules() {
         let r = load(Scenario::World, addr, 100, Pace::Rate { per_sec: 1_000.0 });
         let f = r.world.expect("world figures");
         assert!(r.problems(1.0).is_empty(), "{bin}: {r}");
-        assert_eq!((f.joined, r.disconnects, r.corrupt), (100, 0, 0), "{bin}: {r}");
-        assert_eq!((f.out_of_range, f.untimed, f.rejected), (0, 0, 0), "{bin}: {r}");
+        assert_eq!(
+            (f.joined, r.disconnects, r.corrupt),
+            (100, 0, 0),
+            "{bin}: {r}"
+        );
+        assert_eq!(
+            (f.out_of_range, f.untimed, f.rejected),
+            (0, 0, 0),
+            "{bin}: {r}"
+        );
         assert!(r.latency.count > 100, "{bin}: {r}");
     }
 }

@@ -5,7 +5,7 @@
 //! Positions are 3-D but only `x` and `y` (the ground plane) choose the cell; a cell is
 //! `cell_size` wide.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 /// An entity's id (a player's: its session's id, unique across every shard of a world).
 pub type EntityId = u64;
@@ -40,8 +40,10 @@ pub struct Cells {
     cell_size: f32,
     entities: FxHashMap<EntityId, Seen>,
     members: FxHashMap<Cell, Vec<EntityId>>,
-    /// Cells an entity entered or left since [`clear_changes`](Self::clear_changes).
-    changed: FxHashSet<Cell>,
+    /// Cells an entity entered or left, with the epoch of the latest such change.
+    changed: FxHashMap<Cell, u64>,
+    /// The epoch changes are stamped with now (see [`set_epoch`](Self::set_epoch)).
+    epoch: u64,
 }
 
 impl Cells {
@@ -96,7 +98,7 @@ impl Cells {
                 self.unlist(id, old);
             }
             self.members.entry(cell).or_default().push(id);
-            self.changed.insert(cell);
+            self.changed.insert(cell, self.epoch);
         }
         cell
     }
@@ -121,7 +123,7 @@ impl Cells {
                 self.members.remove(&cell);
             }
         }
-        self.changed.insert(cell);
+        self.changed.insert(cell, self.epoch);
     }
 
     /// Appends to `out` the entities in the 3×3 cells around `cell`, `except` excluded, in no
@@ -134,14 +136,21 @@ impl Cells {
         }
     }
 
-    /// True if someone came into or went out of the 3×3 cells around `cell` since the last
-    /// [`clear_changes`](Self::clear_changes).
-    pub fn changed_near(&self, cell: Cell) -> bool {
-        !self.changed.is_empty() && around(cell).any(|c| self.changed.contains(&c))
+    /// Stamps the changes made from now on with `epoch` (a tick's number, say); epochs never
+    /// go back.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = self.epoch.max(epoch);
     }
 
-    /// Forgets which cells changed.
-    pub fn clear_changes(&mut self) {
-        self.changed.clear();
+    /// True if someone came into or went out of the 3×3 cells around `cell` in an epoch after
+    /// `since`.
+    pub fn changed_near(&self, cell: Cell, since: u64) -> bool {
+        !self.changed.is_empty()
+            && around(cell).any(|c| self.changed.get(&c).is_some_and(|&e| e > since))
+    }
+
+    /// Forgets the changes of epochs up to `epoch`.
+    pub fn forget_changes(&mut self, epoch: u64) {
+        self.changed.retain(|_, e| *e > epoch);
     }
 }

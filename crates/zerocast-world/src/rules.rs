@@ -25,6 +25,16 @@ pub struct WorldConfig {
     /// The world tick: what happens during a tick reaches clients together at its end, one
     /// gathered write per player.
     pub tick: Duration,
+    /// Writes per second one shard (one engine worker, one core) may make: the world's
+    /// capacity knob. While its players times the tick rate stay under it, every player is
+    /// written every tick; above it the world delivers every second (third, ...) tick, so
+    /// that the writes stay within it, and moves made in between are conflated to the latest
+    /// position. A world past its capacity then gets later, not slower and slower.
+    ///
+    /// A small write costs a core here 5 to 10 µs of kernel time (docs/BENCHMARKS.md), so the
+    /// default of 50,000 keeps about half a core for everything else: 2,500 players at the
+    /// default 20 Hz tick are written every tick, 5,000 every other one (every 100 ms).
+    pub max_writes_per_sec: u32,
 }
 
 impl Default for WorldConfig {
@@ -39,6 +49,7 @@ impl Default for WorldConfig {
             max_moves_per_sec: 30.0,
             max_chats_per_sec: 2.0,
             tick: Duration::from_millis(50),
+            max_writes_per_sec: 50_000,
         }
     }
 }
@@ -93,6 +104,16 @@ pub struct Body {
 const CHAT_BURST: f32 = 5.0;
 
 impl WorldConfig {
+    /// How many ticks apart the world delivers when its busiest shard has `players`: 1 while
+    /// `players` × the tick rate fits [`max_writes_per_sec`](Self::max_writes_per_sec), then
+    /// the smallest stride that makes it fit.
+    pub fn delivery_stride(&self, players: usize) -> u32 {
+        let per_sec = 1.0 / self.tick.as_secs_f64().max(1e-3);
+        let writes = players as f64 * per_sec;
+        let budget = f64::from(self.max_writes_per_sec.max(1));
+        (writes / budget).ceil().clamp(1.0, 1_000.0) as u32
+    }
+
     fn burst_distance(&self) -> f32 {
         self.max_speed * self.burst.as_secs_f32()
     }

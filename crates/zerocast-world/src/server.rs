@@ -42,6 +42,9 @@ pub struct WorldSnapshot {
     /// Ticks delivered before every other shard's batch of the tick had arrived (those
     /// events reach their players a tick later): a worker that falls behind shows here.
     pub late: u64,
+    /// Ticks between deliveries now: 1 while the world is within its write budget
+    /// ([`WorldConfig::max_writes_per_sec`]), more when it is over capacity.
+    pub stride: u32,
 }
 
 impl WorldSnapshot {
@@ -84,6 +87,12 @@ impl WorldSnapshot {
                 "Ticks delivered before every other shard's batch had arrived.",
                 self.late,
             ),
+            row(
+                "delivery_stride",
+                G,
+                "Ticks between deliveries (1 within capacity; more when over it, moves conflated).",
+                u64::from(self.stride),
+            ),
         ]
     }
 }
@@ -94,6 +103,31 @@ struct ShardStats {
     players: usize,
     counts: Counts,
     late: u64,
+}
+
+/// Which ticks deliver: every `stride`-th, the stride changing to `next` from tick `from`
+/// (a tick every shard reaches after reading the change). Shard 0 decides; all follow.
+#[derive(Debug, Clone, Copy)]
+struct StridePlan {
+    stride: u32,
+    next: u32,
+    from: u64,
+}
+
+impl StridePlan {
+    fn at(&self, tick: u64) -> u32 {
+        if tick >= self.from {
+            self.next
+        } else {
+            self.stride
+        }
+    }
+}
+
+/// What the shards share: their reports and the delivery plan.
+struct Board {
+    shards: Vec<ShardStats>,
+    plan: StridePlan,
 }
 
 /// The world server: a [`Handler`]. See the module documentation.
@@ -110,7 +144,7 @@ struct ShardStats {
 /// ```
 pub struct World {
     config: WorldConfig,
-    stats: Arc<OrderedMutex<Vec<ShardStats>>>,
+    board: Arc<OrderedMutex<Board>>,
 }
 
 /// A worker's shard: the [`Handler::Worker`] state of the world.
@@ -129,9 +163,11 @@ struct ShardState {
     /// The other shards' batches received since the last delivery.
     inbox: Vec<Arc<TickBatch>>,
     late: u64,
+    /// The delivery stride of the current tick.
+    stride: u32,
     /// Scratch: which shards' batches are in.
     seen: Vec<bool>,
-    stats: Arc<OrderedMutex<Vec<ShardStats>>>,
+    board: Arc<OrderedMutex<Board>>,
 }
 
 /// Queues each player's parts on its session, each shared buffer held once per delivery.
@@ -196,15 +232,15 @@ impl ShardState {
             sessions: &self.sessions,
             fans: Vec::new(),
         };
-        self.core.deliver(&own, &self.inbox, &mut out);
+        self.core.deliver(own, &self.inbox, self.stride, &mut out);
         self.inbox.clear();
         self.inbox.append(&mut later);
         self.report();
     }
 
     fn report(&self) {
-        let mut stats = self.stats.lock();
-        if let Some(s) = stats.get_mut(self.index) {
+        let mut board = self.board.lock();
+        if let Some(s) = board.shards.get_mut(self.index) {
             *s = ShardStats {
                 players: self.core.players(),
                 counts: self.core.counts(),
@@ -237,9 +273,20 @@ impl ShardState {
 impl World {
     /// An empty world.
     pub fn new(config: WorldConfig) -> Self {
+        let plan = StridePlan {
+            stride: 1,
+            next: 1,
+            from: 0,
+        };
         Self {
             config,
-            stats: Arc::new(OrderedMutex::new("world.stats", Vec::new())),
+            board: Arc::new(OrderedMutex::new(
+                "world.board",
+                Board {
+                    shards: Vec::new(),
+                    plan,
+                },
+            )),
         }
     }
 
@@ -256,14 +303,39 @@ impl World {
     /// The world's gauges and counters now, as the shards last reported them (at their
     /// ticks, joins and leaves).
     pub fn snapshot(&self) -> WorldSnapshot {
-        let stats = self.stats.lock();
-        let mut s = WorldSnapshot::default();
-        for shard in stats.iter() {
+        let board = self.board.lock();
+        let mut s = WorldSnapshot {
+            stride: board.plan.next,
+            ..WorldSnapshot::default()
+        };
+        for shard in &board.shards {
             s.players += shard.players;
             s.counts.add(&shard.counts);
             s.late += shard.late;
         }
         s
+    }
+
+    /// The delivery stride at tick `tick`; shard 0 also revises the plan from the busiest
+    /// shard's players.
+    fn stride(&self, shard: usize, tick: u64) -> u32 {
+        let mut board = self.board.lock();
+        if shard == 0 {
+            let busiest = board.shards.iter().map(|s| s.players).max().unwrap_or(0);
+            let want = self.config.delivery_stride(busiest);
+            let plan = board.plan;
+            if want != plan.next {
+                let now = plan.at(tick);
+                // Two ticks ahead: every other shard reads the change before it applies.
+                board.plan = StridePlan {
+                    stride: now,
+                    next: want,
+                    from: tick + 2,
+                };
+                tracing::info!(stride = want, players = busiest, "world delivery stride");
+            }
+        }
+        board.plan.at(tick).max(1)
     }
 }
 
@@ -273,9 +345,9 @@ impl Handler for World {
 
     fn on_start(&self, shard: &mut Shard, start: &Start) {
         {
-            let mut stats = self.stats.lock();
-            if stats.len() < start.workers {
-                stats.resize(start.workers, ShardStats::default());
+            let mut board = self.board.lock();
+            if board.shards.len() < start.workers {
+                board.shards.resize(start.workers, ShardStats::default());
             }
         }
         shard.0 = Some(ShardState {
@@ -287,8 +359,9 @@ impl Handler for World {
             waiting: None,
             inbox: Vec::new(),
             late: 0,
+            stride: 1,
             seen: Vec::new(),
-            stats: self.stats.clone(),
+            board: self.board.clone(),
         });
     }
 
@@ -314,10 +387,12 @@ impl Handler for World {
 
     /// Ends the shard's tick, posts it to the other shards, and delivers it once theirs
     /// are in (a tick still waiting from last time is delivered now with what arrived).
+    /// Over capacity, each player is delivered every `stride`-th tick only.
     fn on_tick(&self, shard: &mut Shard, tick: Tick) {
         let Some(st) = shard.0.as_mut() else {
             return;
         };
+        st.stride = self.stride(st.index, tick.number);
         if st.waiting.is_some() {
             st.late += 1;
             st.deliver();

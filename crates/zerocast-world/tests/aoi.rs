@@ -42,20 +42,29 @@ fn neighbours_are_the_3x3_cells_and_nobody_farther() {
 fn crossing_a_cell_marks_both_and_moving_inside_one_marks_none() {
     let mut cells = Cells::new(10.0);
     cells.place(1, [5.0, 5.0, 0.0]);
-    cells.clear_changes();
+    cells.set_epoch(1);
     cells.place(1, [6.0, 6.0, 0.0]);
     assert!(
-        !cells.changed_near((0, 0)),
+        !cells.changed_near((0, 0), 0),
         "a move inside a cell changes no one's view"
     );
     cells.place(1, [45.0, 5.0, 0.0]);
-    assert!(cells.changed_near((0, 0)) && cells.changed_near((4, 0)));
-    assert!(!cells.changed_near((2, 0)), "cells between are untouched");
-    cells.clear_changes();
+    assert!(cells.changed_near((0, 0), 0) && cells.changed_near((4, 0), 0));
+    assert!(!cells.changed_near((0, 0), 1), "not after epoch 1");
+    assert!(
+        !cells.changed_near((2, 0), 0),
+        "cells between are untouched"
+    );
+    cells.set_epoch(2);
+    cells.forget_changes(1);
+    assert!(!cells.changed_near((4, 0), 0), "forgotten");
     assert!(cells.remove(1));
     assert!(!cells.remove(1));
-    assert!(cells.changed_near((4, 0)));
-    assert!(cells.is_empty());
+    assert!(cells.changed_near((4, 0), 1));
+    cells.set_epoch(1);
+    cells.place(2, [95.0, 5.0, 0.0]);
+    assert!(cells.changed_near((9, 0), 1), "epochs never go back");
+    assert!(!cells.is_empty());
 }
 
 #[test]

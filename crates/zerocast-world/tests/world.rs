@@ -416,3 +416,53 @@ fn a_ping_is_answered_and_a_bad_packet_gets_a_goodbye_before_the_close() {
     engine.shutdown();
     assert_no_leaks(&engine);
 }
+
+#[test]
+fn over_its_write_budget_the_world_writes_each_player_every_few_ticks_and_loses_nothing() {
+    // 10 ms ticks (100 a second) and a budget of 200 writes a second: with 6 players on the
+    // busiest shard, 600 writes a second would be needed, so each player is written every
+    // third tick.
+    let w = Arc::new(World::new(WorldConfig {
+        size: 1_000.0,
+        cell_size: 100.0,
+        max_speed: 1e6,
+        tick: Duration::from_millis(10),
+        max_writes_per_sec: 200,
+        ..WorldConfig::default()
+    }));
+    let (engine, addr) = server_with(w.configure(Engine::builder().workers(1)), w.clone());
+    let mut players: Vec<Client> = (0..6).map(|_| Client::join(addr)).collect();
+    assert!(wait_until(Duration::from_secs(5), || w.snapshot().stride == 3));
+    for (i, p) in players.iter_mut().enumerate() {
+        p.go(500.0 + i as f32, 500.0);
+    }
+    barrier(&mut players, "placed");
+    let before = (engine.metrics().writes, w.snapshot().counts.ticks);
+    for round in 1..=20 {
+        for (i, p) in players.iter_mut().enumerate() {
+            p.go(500.0 + i as f32, 500.0 + round as f32);
+        }
+    }
+    let ids: Vec<u64> = players.iter().map(|p| p.id).collect();
+    let seen = barrier(&mut players, "done");
+    for (i, &other) in ids.iter().enumerate() {
+        for (o, s) in seen.iter().enumerate().filter(|&(o, _)| o != i) {
+            let got = moved_by(s, other);
+            assert_eq!(
+                got.last(),
+                Some(&(500.0 + i as f32, 520.0)),
+                "{o} saw {other}"
+            );
+        }
+    }
+    let writes = engine.metrics().writes - before.0;
+    let ticks = w.snapshot().counts.ticks - before.1;
+    // Each player at most once per three ticks, give or take the turn it began on.
+    assert!(
+        writes <= 6 * (ticks / 3 + 2),
+        "{writes} writes in {ticks} ticks"
+    );
+    drop(players);
+    engine.shutdown();
+    assert_no_leaks(&engine);
+}

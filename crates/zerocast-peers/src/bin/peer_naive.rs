@@ -166,13 +166,15 @@ fn close_all(conns: &mut HashMap<Token, Conn>, core: &mut Core, dead: Vec<Token>
 
 /// Runs a world tick: every player's packets of the tick, a copy and a write each.
 fn world_tick(conns: &mut HashMap<Token, Conn>, core: &mut Core, tick: u64) {
-    let batch = core.end_tick(tick);
+    // Over capacity each player is delivered every n-th tick, as in zerocast's world.
+    let stride = core.config().delivery_stride(core.players());
+    let batch = std::sync::Arc::new(core.end_tick(tick));
     let mut out = SendNow {
         conns,
         shared: Vec::new(),
         dead: Vec::new(),
     };
-    core.deliver(&batch, &[], &mut out);
+    core.deliver(batch, &[], stride, &mut out);
     let dead = out.dead;
     close_all(conns, core, dead);
 }

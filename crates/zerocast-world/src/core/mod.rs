@@ -23,7 +23,9 @@
 //! first where it lies (conflation), so a tick's output is bounded by the players, not by
 //! the events, and a world past its capacity degrades instead of queueing without end.
 
+use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -101,9 +103,12 @@ struct Player {
     /// Frames to send after them (Rejected, Pong), and how many.
     after: Vec<u8>,
     after_n: u32,
-    /// Its own moves this tick: the cell and offset of each (cut out of what it receives, and
-    /// overwritten by a later move in the same cell).
-    own: Vec<(Cell, u32)>,
+    /// Its own moves since its last delivery: the tick generation, cell and offset of each
+    /// (cut out of what it receives; those of the tick being built are overwritten by a
+    /// later move).
+    own: Vec<(u64, Cell, u32)>,
+    /// The last tick generation delivered to it (see [`Core::deliver`]).
+    last: u64,
     /// It joined since the last tick: every player in range is entered.
     fresh: bool,
     /// Its position goes in this tick's batch.
@@ -121,19 +126,25 @@ struct Building {
 /// state beyond the frozen buffers).
 #[derive(Default)]
 struct Scratch {
-    /// The tick's shared buffers and the frames in each.
+    /// The tick's shared buffers (global chat lines, then the tick's buffer), and the frames
+    /// in each global one.
     shared: Vec<SendBuffer>,
-    counts: Vec<u32>,
-    /// `(cell, shared index, this shard's)`, sorted by cell.
-    by_cell: Vec<(Cell, usize, bool)>,
-    globals: Vec<usize>,
-    ids: Vec<EntityId>,
+    global_counts: Vec<u32>,
+    /// Every retained batch's cell events as `(cell, generation, history entry, batch, index
+    /// in the batch)`, sorted.
+    by_cell: Vec<(Cell, u64, u32, u32, u32)>,
+    /// This shard's players to deliver, by cell and window start (their last delivery),
+    /// sorted.
+    due: Vec<(Cell, u64, EntityId)>,
+    /// The neighbourhood being laid out: `(generation, cell, from this shard, start in the
+    /// tick buffer)`.
+    segments: Vec<(u64, Cell, bool, usize)>,
     /// Every player's parts, back to back, and each player's span of them.
     parts: Vec<Part>,
     spans: Vec<(EntityId, Range<usize>)>,
     now: Vec<EntityId>,
     gone: Vec<EntityId>,
-    cuts: Vec<u32>,
+    cuts: Vec<usize>,
 }
 
 /// A shard of the world. Invariant: every player of `players` is in `cells`.
@@ -145,8 +156,13 @@ pub struct Core {
     cells: Cells,
     building: FxHashMap<Cell, Building>,
     global: Building,
-    /// The tick's private frames (see [`Deliver::begin`]).
-    private: BytesMut,
+    /// The tick's buffer being laid out (see [`Core::deliver`]).
+    out: BytesMut,
+    /// Ticks ended so far: the generation of the last one (the tick being built is the next).
+    generation: u64,
+    /// The batches of the last ticks, own first, newest last: a player delivered every
+    /// `stride` ticks receives the events of every tick since its last delivery.
+    history: VecDeque<(u64, Vec<Arc<TickBatch>>)>,
     left: Vec<EntityId>,
     counts: Counts,
     scratch: Scratch,
@@ -162,13 +178,18 @@ fn not_joined(id: u16) -> PacketError {
 impl Core {
     /// An empty shard `shard` of a world.
     pub fn new(config: WorldConfig, shard: u32) -> Self {
+        let mut cells = Cells::new(config.cell_size);
+        // Changes made while the first tick is built belong to it.
+        cells.set_epoch(1);
         Self {
             shard,
-            cells: Cells::new(config.cell_size),
+            cells,
             players: FxHashMap::default(),
             building: FxHashMap::default(),
             global: Building::default(),
-            private: BytesMut::new(),
+            out: BytesMut::new(),
+            generation: 0,
+            history: VecDeque::new(),
             left: Vec::new(),
             counts: Counts::default(),
             scratch: Scratch::default(),
@@ -252,6 +273,7 @@ impl Core {
                 after: Vec::new(),
                 after_n: 0,
                 own: Vec::new(),
+                last: self.generation,
                 fresh: true,
                 moved: true,
             },
@@ -295,7 +317,11 @@ impl Core {
         // where they lie, in every cell it crossed, so whatever order an observer reads the
         // cells in, the last position it reads is the latest.
         let mut here = false;
-        for &(c, at) in &p.own {
+        let building = self.generation + 1;
+        for &(g, c, at) in &p.own {
+            if g != building {
+                continue;
+            }
             if let Some(b) = self.building.get_mut(&c) {
                 let at = at as usize;
                 b.bytes[at..at + frame.len()].copy_from_slice(&frame);
@@ -306,7 +332,7 @@ impl Core {
             self.counts.conflated += 1;
         } else {
             let b = self.building.entry(cell).or_default();
-            p.own.push((cell, b.bytes.len() as u32));
+            p.own.push((building, cell, b.bytes.len() as u32));
             b.bytes.extend_from_slice(&frame);
             b.count += 1;
         }

@@ -81,6 +81,7 @@ fn config() -> WorldConfig {
 struct Shards {
     cores: Vec<Core>,
     tick: u64,
+    stride: u32,
     wire: Wire,
     now: Instant,
 }
@@ -90,6 +91,7 @@ impl Shards {
         Self {
             cores: (0..n).map(|i| Core::new(config(), i)).collect(),
             tick: 0,
+            stride: 1,
             wire: Wire::default(),
             now: Instant::now(),
         }
@@ -109,7 +111,7 @@ impl Shards {
                 .filter(|b| b.shard as usize != i)
                 .cloned()
                 .collect();
-            core.deliver(&batches[i], &remote, &mut self.wire);
+            core.deliver(batches[i].clone(), &remote, self.stride, &mut self.wire);
         }
     }
 
@@ -326,5 +328,56 @@ fn a_tick_is_one_write_per_player_whatever_happened_in_it() {
             19,
             "one conflated move of each other player"
         );
+    }
+}
+
+#[test]
+fn over_capacity_each_player_is_written_every_stride_ticks_and_misses_nothing() {
+    let mut w = Shards::new(1);
+    for id in 1..=40 {
+        w.join(0, id);
+        w.go(0, id, 500.0 + id as f32, 500.0);
+    }
+    w.tick();
+    w.wire.got.clear();
+    w.stride = 3;
+    let mut writes_per_tick = Vec::new();
+    // Six ticks with moves, then two without: every player has had its turn since the last.
+    for round in 0..8 {
+        w.wire.writes.clear();
+        if round < 6 {
+            for id in 1..=40 {
+                w.go(0, id, 500.0 + id as f32, 501.0 + round as f32);
+            }
+        }
+        w.tick();
+        writes_per_tick.push(w.wire.writes.len());
+        assert!(w.wire.writes.values().all(|&n| n == 1));
+    }
+    // A player is written on one tick in three: 2 or 3 times in 8 ticks, about a third of
+    // the players on each tick.
+    let total: usize = writes_per_tick.iter().sum();
+    assert!((80..=120).contains(&total), "{writes_per_tick:?}");
+    assert!(
+        writes_per_tick.iter().all(|&n| n <= 25),
+        "{writes_per_tick:?}"
+    );
+    // Nothing lost: every player saw every other's last position, and no move of its own.
+    for id in 1..=40u64 {
+        let got = w.wire.take(id);
+        for other in (1..=40).filter(|&o| o != id) {
+            let seen = moved(&got, other);
+            assert_eq!(
+                seen.last(),
+                Some(&(500.0 + other as f32, 506.0)),
+                "{id} of {other}"
+            );
+            assert_eq!(
+                seen.len(),
+                6,
+                "one move a tick, none conflated across ticks"
+            );
+        }
+        assert!(moved(&got, id).is_empty());
     }
 }

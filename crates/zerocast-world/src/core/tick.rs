@@ -4,10 +4,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use zerocopy::little_endian::{F32, U64};
 
-use super::{Core, Scratch, MOVED_LEN};
-use crate::aoi::{around, Cell, EntityId};
+use super::{Core, Player, Scratch, MOVED_LEN};
+use crate::aoi::{around, Cell, Cells, EntityId};
 use crate::packets::{Entered, Left};
 use zerocast::packet::FixedPacket;
 use zerocast::SendBuffer;
@@ -54,9 +55,9 @@ pub struct Part {
 
 /// Where a tick's output goes.
 pub trait Deliver {
-    /// The tick's buffers, by index: every shard's cells and global chat, and last this
-    /// shard's private buffer (welcomes, enter and leave notices, refusals, pongs, laid out
-    /// player after player). Called once per delivery, before any [`player`](Self::player).
+    /// The tick's buffers, by index: every shard's global chat lines, then the tick's buffer
+    /// (the neighbourhoods' events and the players' own frames). Called once per delivery,
+    /// before any [`player`](Self::player).
     fn begin(&mut self, shared: &[SendBuffer]);
 
     /// What player `to` receives this tick, in order (never empty).
@@ -67,6 +68,9 @@ impl Core {
     /// Ends tick `tick`: freezes this tick's events into a batch for the other shards (and
     /// for [`deliver`](Self::deliver)).
     pub fn end_tick(&mut self, tick: u64) -> TickBatch {
+        self.generation += 1;
+        // Changes from now on belong to the next tick; the other shards' batches of this one,
+        // applied at delivery, to this one.
         let cells = self
             .building
             .drain()
@@ -121,173 +125,245 @@ impl Core {
         }
     }
 
-    /// Delivers a tick to this shard's players: `own` is this shard's batch for it (from
+    /// Delivers a tick: `own` is this shard's batch for it (from
     /// [`end_tick`](Self::end_tick)), `remote` the other shards' batches received since the
     /// last delivery.
-    pub fn deliver(&mut self, own: &TickBatch, remote: &[Arc<TickBatch>], out: &mut impl Deliver) {
+    ///
+    /// With `stride` 1 every player receives the tick. With a larger stride (a world over
+    /// capacity, [`WorldConfig::delivery_stride`](crate::WorldConfig::delivery_stride)) each
+    /// player receives every `stride`-th tick, the players spread over the ticks by id, and
+    /// then the events of every tick since its last delivery: the writes per tick shrink by
+    /// the stride and no event is lost.
+    ///
+    /// Players in the same cell (and due the same window of ticks) see the same 3×3 cells:
+    /// their neighbourhood's events, every shard's, are copied once, back to back, into the
+    /// tick's buffer, and each of them gets that range with its own moves cut out. Its
+    /// private frames (welcome, enter and leave notices, refusals, pongs) go into the same
+    /// buffer just before and after: a player's write is a few ranges of one buffer, and the
+    /// global chat lines.
+    pub fn deliver(
+        &mut self,
+        own: Arc<TickBatch>,
+        remote: &[Arc<TickBatch>],
+        stride: u32,
+        out: &mut impl Deliver,
+    ) {
+        let gen = self.generation;
         for r in remote {
             if r.shard != self.shard {
                 self.apply(r);
             }
         }
+        let stride = u64::from(stride.max(1));
+        let mut batches = Vec::with_capacity(1 + remote.len());
+        batches.push(own);
+        batches.extend(remote.iter().filter(|r| r.shard != self.shard).cloned());
+        self.history.push_back((gen, batches));
+        while self
+            .history
+            .front()
+            .is_some_and(|(g, _)| g + 2 * stride < gen)
+        {
+            self.history.pop_front();
+        }
         let mut sc: Scratch = std::mem::take(&mut self.scratch);
         sc.shared.clear();
-        sc.counts.clear();
+        sc.global_counts.clear();
         sc.by_cell.clear();
-        sc.globals.clear();
-        let batches = std::iter::once(own).chain(remote.iter().map(|r| &**r));
-        for (i, b) in batches.enumerate() {
-            for c in &b.cells {
-                sc.by_cell.push((c.cell, sc.shared.len(), i == 0));
-                sc.shared.push(c.buf.clone());
-                sc.counts.push(c.count);
-            }
-            if let Some((g, n)) = &b.global {
-                sc.globals.push(sc.shared.len());
-                sc.shared.push(g.clone());
-                sc.counts.push(*n);
-            }
-        }
-        sc.by_cell.sort_unstable_by_key(|&(cell, ..)| cell);
-        let private = sc.shared.len();
-        sc.parts.clear();
-        sc.spans.clear();
-        sc.ids.clear();
-        sc.ids.extend(self.players.keys().copied());
-        let frame = MOVED_LEN as u32;
-        for i in 0..sc.ids.len() {
-            let id = sc.ids[i];
-            let Some(cell) = self.cells.get(id).map(|s| s.cell) else {
-                continue;
-            };
-            let first = sc.parts.len();
-            let mut events = 0u64;
-            // Before the slices: the welcome, then who came into view.
-            let a = self.private.len();
-            if let Some(p) = self.players.get_mut(&id) {
-                self.private.extend_from_slice(&p.before);
-                events += u64::from(std::mem::take(&mut p.before_n));
-                p.before.clear();
-            }
-            events += self.refresh_view(id, cell, &mut sc.now, &mut sc.gone);
-            push_part(&mut sc.parts, private, a..self.private.len());
-            // This tick's events in the 3×3 cells, the player's own moves cut out.
-            let Some(p) = self.players.get_mut(&id) else {
-                continue;
-            };
-            for c in around(cell) {
-                let from = sc.by_cell.partition_point(|&(k, ..)| k < c);
-                for &(_, index, mine) in sc.by_cell[from..].iter().take_while(|&&(k, ..)| k == c) {
-                    sc.cuts.clear();
-                    if mine {
-                        sc.cuts
-                            .extend(p.own.iter().filter(|(k, _)| *k == c).map(|&(_, at)| at));
-                        sc.cuts.sort_unstable();
-                    }
-                    events += u64::from(sc.counts[index]) - sc.cuts.len() as u64;
-                    let mut at = 0usize;
-                    for &cut in &sc.cuts {
-                        push_part(&mut sc.parts, index, at..cut as usize);
-                        at = (cut + frame) as usize;
-                    }
-                    push_part(&mut sc.parts, index, at..sc.shared[index].len());
+        let mut global_gens = Vec::new();
+        for (hi, (g, bs)) in self.history.iter().enumerate() {
+            for (bi, b) in bs.iter().enumerate() {
+                for (ci, c) in b.cells.iter().enumerate() {
+                    sc.by_cell
+                        .push((c.cell, *g, hi as u32, bi as u32, ci as u32));
+                }
+                if let Some((buf, n)) = &b.global {
+                    sc.shared.push(buf.clone());
+                    sc.global_counts.push(*n);
+                    global_gens.push(*g);
                 }
             }
-            p.own.clear();
-            // After them: who left the view, then refusals and pongs.
-            let b = self.private.len();
-            for &e in &sc.gone {
-                Left { id: U64::new(e) }.encode_into(&mut self.private);
-            }
-            events += sc.gone.len() as u64;
-            self.private.extend_from_slice(&p.after);
-            events += u64::from(std::mem::take(&mut p.after_n));
-            p.after.clear();
-            push_part(&mut sc.parts, private, b..self.private.len());
-            // Last, global chat: a client that reads up to a global line has everything the
-            // tick brought it before that line.
-            for &g in &sc.globals {
-                events += u64::from(sc.counts[g]);
-                push_part(&mut sc.parts, g, 0..sc.shared[g].len());
-            }
-            if sc.parts.len() > first {
-                sc.spans.push((id, first..sc.parts.len()));
-                self.counts.deliveries += events;
-                self.counts.flushes += 1;
+        }
+        sc.by_cell.sort_unstable_by_key(|&(cell, g, ..)| (cell, g));
+        let tick_buf = sc.shared.len();
+        // The players due: those whose turn it is, and any that waited a whole stride (the
+        // stride changed) or just joined.
+        sc.due.clear();
+        for (&id, p) in &self.players {
+            let turn = gen % stride == phase(id) % stride;
+            if turn || p.fresh || gen - p.last >= stride {
+                if let Some(s) = self.cells.get(id) {
+                    sc.due.push((s.cell, p.last, id));
+                }
             }
         }
-        sc.shared
-            .push(SendBuffer::from(self.private.split().freeze()));
+        sc.due.sort_unstable();
+        sc.parts.clear();
+        sc.spans.clear();
+        let buf = &mut self.out;
+        let mut g = 0;
+        while g < sc.due.len() {
+            let (cell, since, _) = sc.due[g];
+            let end = g + sc.due[g..].partition_point(|&(c, s, _)| (c, s) == (cell, since));
+            // The neighbourhood over the window, once for every player of the group.
+            sc.segments.clear();
+            let nb_start = buf.len();
+            let mut nb_events = 0u64;
+            for k in around(cell) {
+                let from = sc
+                    .by_cell
+                    .partition_point(|&(c, tg, ..)| (c, tg) <= (k, since));
+                for &(_, tg, hi, bi, ci) in sc.by_cell[from..].iter().take_while(|e| e.0 == k) {
+                    let ce = &self.history[hi as usize].1[bi as usize].cells[ci as usize];
+                    sc.segments.push((tg, k, bi == 0, buf.len()));
+                    buf.extend_from_slice(ce.buf.as_bytes());
+                    nb_events += u64::from(ce.count);
+                }
+            }
+            let nb_end = buf.len();
+            let changed = self.cells.changed_near(cell, since);
+            let mut globals_events = 0u64;
+            for (gi, &tg) in global_gens.iter().enumerate() {
+                if tg > since {
+                    globals_events += u64::from(sc.global_counts[gi]);
+                }
+            }
+            for &(_, _, id) in &sc.due[g..end] {
+                let Some(p) = self.players.get_mut(&id) else {
+                    continue;
+                };
+                p.last = gen;
+                let first = sc.parts.len();
+                let mut events = 0u64;
+                // Before the neighbourhood: the welcome, then who came into view.
+                let a = buf.len();
+                buf.extend_from_slice(&p.before);
+                p.before.clear();
+                events += u64::from(std::mem::take(&mut p.before_n));
+                if changed || p.fresh {
+                    p.fresh = false;
+                    events +=
+                        refresh_view(&self.cells, id, cell, p, buf, &mut sc.now, &mut sc.gone);
+                } else {
+                    sc.gone.clear();
+                }
+                push_part(&mut sc.parts, tick_buf, a..buf.len());
+                // The neighbourhood, the player's own moves cut out.
+                sc.cuts.clear();
+                for &(og, k, at) in &p.own {
+                    let seg = sc.segments.iter().find(|s| s.0 == og && s.1 == k && s.2);
+                    if let Some(&(.., start)) = seg {
+                        sc.cuts.push(start + at as usize);
+                    }
+                }
+                p.own.clear();
+                sc.cuts.sort_unstable();
+                events += nb_events - sc.cuts.len() as u64;
+                let mut at = nb_start;
+                for &cut in &sc.cuts {
+                    push_part(&mut sc.parts, tick_buf, at..cut);
+                    at = cut + MOVED_LEN;
+                }
+                push_part(&mut sc.parts, tick_buf, at..nb_end);
+                // After it: who left the view, then refusals and pongs.
+                let b = buf.len();
+                for &e in &sc.gone {
+                    Left { id: U64::new(e) }.encode_into(&mut *buf);
+                }
+                events += sc.gone.len() as u64;
+                buf.extend_from_slice(&p.after);
+                p.after.clear();
+                events += u64::from(std::mem::take(&mut p.after_n));
+                push_part(&mut sc.parts, tick_buf, b..buf.len());
+                // Last, global chat: a client that reads up to a global line has everything
+                // the tick brought it before that line.
+                for (gi, &tg) in global_gens.iter().enumerate() {
+                    if tg > since {
+                        push_part(&mut sc.parts, gi, 0..sc.shared[gi].len());
+                    }
+                }
+                events += globals_events;
+                if sc.parts.len() > first {
+                    sc.spans.push((id, first..sc.parts.len()));
+                    self.counts.deliveries += events;
+                    self.counts.flushes += 1;
+                }
+            }
+            g = end;
+        }
+        sc.shared.push(SendBuffer::from(self.out.split().freeze()));
         out.begin(&sc.shared);
         for (id, span) in &sc.spans {
             out.player(*id, &sc.parts[span.clone()]);
         }
         sc.shared.clear();
         self.scratch = sc;
-        self.cells.clear_changes();
+        // Every player has been delivered within the last stride: older changes are seen.
+        self.cells
+            .forget_changes(gen.saturating_sub(2 * stride + 1));
+        self.cells.set_epoch(gen + 1);
         self.counts.ticks += 1;
     }
+}
 
-    /// Brings player `id`'s view up to date, writing `Entered` for players that came into
-    /// its 3×3 cells since its last tick into the private buffer and listing in `gone` those
-    /// that went. Only players whose cells had someone come or go look. Returns the frames
-    /// written.
-    fn refresh_view(
-        &mut self,
-        id: EntityId,
-        cell: Cell,
-        now: &mut Vec<EntityId>,
-        gone: &mut Vec<EntityId>,
-    ) -> u64 {
-        gone.clear();
-        let Some(p) = self.players.get_mut(&id) else {
-            return 0;
-        };
-        if !p.fresh && !self.cells.changed_near(cell) {
-            return 0;
-        }
-        p.fresh = false;
-        now.clear();
-        self.cells.near_ids(cell, id, now);
-        now.sort_unstable();
-        let mut written = 0;
-        let (mut i, mut j) = (0, 0);
-        while i < now.len() || j < p.visible.len() {
-            let (n, v) = (now.get(i).copied(), p.visible.get(j).copied());
-            match (n, v) {
-                (Some(n), Some(v)) if n == v => {
-                    i += 1;
-                    j += 1;
-                }
-                (Some(n), Some(v)) if n > v => {
-                    gone.push(v);
-                    j += 1;
-                }
-                (Some(n), _) => {
-                    if let Some(s) = self.cells.get(n) {
-                        let [x, y, z] = s.pos;
-                        Entered {
-                            id: U64::new(n),
-                            x: F32::new(x),
-                            y: F32::new(y),
-                            z: F32::new(z),
-                        }
-                        .encode_into(&mut self.private);
-                        written += 1;
-                    }
-                    i += 1;
-                }
-                (None, Some(v)) => {
-                    gone.push(v);
-                    j += 1;
-                }
-                (None, None) => break,
+/// Which of the `stride` ticks player `id` is delivered on (spread by a hash of the id, so
+/// that consecutive ids do not bunch).
+fn phase(id: EntityId) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
+/// Brings player `id`'s view up to date (it is in `cell`): writes `Entered` into `out` for
+/// players that came into its 3×3 cells since its last look, and lists in `gone` those that
+/// went. Returns the frames written.
+fn refresh_view(
+    cells: &Cells,
+    id: EntityId,
+    cell: Cell,
+    p: &mut Player,
+    out: &mut BytesMut,
+    now: &mut Vec<EntityId>,
+    gone: &mut Vec<EntityId>,
+) -> u64 {
+    gone.clear();
+    now.clear();
+    cells.near_ids(cell, id, now);
+    now.sort_unstable();
+    let mut written = 0;
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (now.get(i).copied(), p.visible.get(j).copied()) {
+            (Some(n), Some(v)) if n == v => {
+                i += 1;
+                j += 1;
             }
+            (Some(n), Some(v)) if n > v => {
+                gone.push(v);
+                j += 1;
+            }
+            (Some(n), _) => {
+                if let Some(s) = cells.get(n) {
+                    let [x, y, z] = s.pos;
+                    Entered {
+                        id: U64::new(n),
+                        x: F32::new(x),
+                        y: F32::new(y),
+                        z: F32::new(z),
+                    }
+                    .encode_into(&mut *out);
+                    written += 1;
+                }
+                i += 1;
+            }
+            (None, Some(v)) => {
+                gone.push(v);
+                j += 1;
+            }
+            (None, None) => break,
         }
-        p.visible.clear();
-        p.visible.extend_from_slice(now);
-        written
     }
+    p.visible.clear();
+    p.visible.extend_from_slice(now);
+    written
 }
 
 /// Adds bytes `range` of buffer `buffer` to `parts`, if any.

@@ -73,12 +73,14 @@ pub async fn ticks(world: Shared) {
         tick += 1;
         let mut w = world.lock().expect("world lock");
         let World { core, players } = &mut *w;
-        let batch = core.end_tick(tick);
+        // Over capacity each player is delivered every n-th tick, as in zerocast's world.
+        let stride = core.config().delivery_stride(core.players());
+        let batch = std::sync::Arc::new(core.end_tick(tick));
         let mut out = Out {
             players,
             shared: Vec::new(),
         };
-        core.deliver(&batch, &[], &mut out);
+        core.deliver(batch, &[], stride, &mut out);
     }
 }
 
