@@ -92,3 +92,63 @@ fn two_hundred_clients_each_receive_every_frame_once_in_order() {
     eprintln!("{m}");
     assert_no_leaks(&engine);
 }
+
+/// With a write delay each session is written at most once per delay: 20 clients, one of them
+/// sending 400 frames as fast as it can, receive everything with far fewer writes than
+/// frames; a session's replies to itself (echo) are never held.
+#[test]
+fn a_write_delay_coalesces_broadcasts_and_never_holds_a_reply() {
+    let delay = std::time::Duration::from_millis(50);
+    let builder = zerocast::Engine::builder().workers(1).write_delay(delay);
+    let (engine, addr) = server_with(builder, Broadcast::new());
+    let mut clients: Vec<_> = (0..20).map(|_| connect(addr)).collect();
+    let mut readers: Vec<_> = clients.iter().map(|c| BufReader::new(c.try_clone().unwrap())).collect();
+    // Everyone in the group: each client's hello reaches all 20.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(&frame(JOIN, &(i as u32).to_le_bytes())).unwrap();
+    }
+    for r in &mut readers {
+        for _ in 0..20 {
+            assert_eq!(read_frame(r).unwrap().0, JOIN);
+        }
+    }
+    let before = engine.metrics();
+    let started = std::time::Instant::now();
+    let mut wire = Vec::new();
+    for seq in 0..400u32 {
+        wire.extend_from_slice(&frame(DATA, &seq.to_le_bytes()));
+    }
+    clients[0].write_all(&wire).unwrap();
+    for r in &mut readers {
+        for seq in 0..400u32 {
+            let (id, p) = read_frame(r).unwrap();
+            assert_eq!((id, &p[8..]), (DATA, &seq.to_le_bytes()[..]));
+        }
+    }
+    let elapsed = started.elapsed();
+    let writes = engine.metrics().writes - before.writes;
+    // At most one write per session per delay, plus the first of each (sent at once).
+    let bound = 20 * (elapsed.as_millis() as u64 / delay.as_millis() as u64 + 2);
+    assert!(writes <= bound, "{writes} writes in {elapsed:?} (bound {bound})");
+    assert!(writes < 20 * 400 / 4, "{writes} writes for 8,000 deliveries");
+    drop((clients, readers));
+    assert_no_leaks(&engine);
+}
+
+#[test]
+fn a_write_delay_never_holds_a_sessions_own_replies() {
+    use zerocast_servers::Echo;
+    // A delay far longer than the read timeout: a held reply fails the read.
+    let builder = zerocast::Engine::builder()
+        .workers(1)
+        .write_delay(std::time::Duration::from_secs(10));
+    let (engine, addr) = server_with(builder, Echo);
+    let mut c = connect(addr);
+    c.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    for i in 0..20u32 {
+        c.write_all(&frame(5, &i.to_le_bytes())).unwrap();
+        assert_eq!(read_frame(&mut c).unwrap(), (5, i.to_le_bytes().to_vec()), "reply {i}");
+    }
+    drop(c);
+    assert_no_leaks(&engine);
+}

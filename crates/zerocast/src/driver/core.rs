@@ -119,7 +119,7 @@ pub(crate) struct Core<B: Backend> {
     /// `now` in milliseconds since `epoch` (the connections' clock).
     pub(super) now_ms: u32,
     /// `now` in microseconds since `epoch`, wrapping (the write delay's clock).
-    pub(super) now_us: u32,
+    pub(super) now_us: u64,
     /// The write delay in microseconds.
     pub(super) write_delay_us: u32,
     last_housekeeping: Instant,
@@ -248,7 +248,7 @@ impl<B: Backend> Core<B> {
         self.now = Instant::now();
         let since = self.now.duration_since(self.epoch);
         self.now_ms = since.as_millis() as u32;
-        self.now_us = since.as_micros() as u32;
+        self.now_us = since.as_micros() as u64;
     }
 
     /// How long the next wait may last: until the next tick, housekeeping, or accept retry;

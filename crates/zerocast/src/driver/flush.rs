@@ -51,7 +51,7 @@ impl<B: Backend> Core<B> {
         let now = self.now_us;
         let mut due = std::mem::take(&mut self.dirty);
         let wait = session::for_outbox(|o| o.take_due(now, &mut due));
-        self.write_at = wait.map(|us| self.now + std::time::Duration::from_micros(u64::from(us)));
+        self.write_at = wait.map(|us| self.now + std::time::Duration::from_micros(us));
         self.write_slots(&mut due);
         self.dirty = due;
         self.post_batches();
@@ -136,7 +136,7 @@ impl<B: Backend> Core<B> {
             return;
         }
         let mut failed = None;
-        let next_write = self.now_us.wrapping_add(self.write_delay_us);
+        let next_write = self.now_us + u64::from(self.write_delay_us);
         let max_cork = if b.sends_inline() {
             MAX_WRITE
         } else {

@@ -12,6 +12,8 @@
 //! recipient), which the driver posts at the end of the turn.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -27,14 +29,19 @@ thread_local! {
 /// The worker's output.
 ///
 /// Invariant: `slots[i].open` iff the worker has an open session in slot `i` with generation
-/// `slots[i].generation`; a slot is listed in `dirty` iff its `dirty` flag is set.
+/// `slots[i].generation`; a slot whose `dirty` flag is set is listed in `dirty` or (with a
+/// write delay) waits in `waiting`, and a slot in `dirty` has its flag set.
 pub(crate) struct Outbox {
     /// The identity of the worker this thread runs (0: none).
     owner: usize,
     pub(crate) slots: Vec<Slot>,
     pub(crate) keeps: Keeps,
-    /// Slots with output queued since the worker last wrote them.
+    /// Slots with output queued since the worker last wrote them (or, with a write delay,
+    /// since it last looked).
     pub(crate) dirty: Vec<u32>,
+    /// With a write delay: dirty slots whose delay has not passed, by the time it passes
+    /// (entries can be stale: a slot written or closed meanwhile is skipped when it comes up).
+    waiting: BinaryHeap<Reverse<(u64, u32)>>,
     /// Bytes queued since the worker last looked (its per-turn output budget).
     pub(crate) queued: usize,
     /// Sends to other workers' sessions, one batch per worker, posted at the end of the turn.
@@ -49,8 +56,8 @@ pub(crate) struct Slot {
     open: bool,
     dirty: bool,
     /// With a write delay: the worker's microsecond clock before which this slot is not
-    /// written again (wrapping; see [`Outbox::take_due`]).
-    pub(crate) next_write: u32,
+    /// written again (see [`Outbox::take_due`]).
+    pub(crate) next_write: u64,
 }
 
 impl Outbox {
@@ -60,6 +67,7 @@ impl Outbox {
             slots: Vec::new(),
             keeps: Keeps::new(),
             dirty: Vec::new(),
+            waiting: BinaryHeap::new(),
             queued: 0,
             batches: Vec::new(),
         }
@@ -132,34 +140,60 @@ impl Outbox {
         Ok(())
     }
 
-    /// Takes the dirty list (each slot's flag cleared): the slots to write.
+    /// Takes every dirty slot (each slot's flag cleared), waiting ones included: the slots
+    /// to write.
     pub(crate) fn take_dirty(&mut self, into: &mut Vec<u32>) {
-        for &i in &self.dirty {
-            self.slots[i as usize].dirty = false;
+        for Reverse((_, i)) in self.waiting.drain() {
+            if let Some(s) = self.slots.get(i as usize) {
+                if s.dirty {
+                    self.dirty.push(i);
+                }
+            }
         }
-        into.append(&mut self.dirty);
+        for &i in &self.dirty {
+            if let Some(s) = self.slots.get_mut(i as usize) {
+                if std::mem::take(&mut s.dirty) {
+                    into.push(i);
+                }
+            }
+        }
+        self.dirty.clear();
     }
 
     /// With a write delay: takes the dirty slots whose delay has passed at `now` (the worker's
-    /// microsecond clock) into `into`; the others stay dirty. Returns how long the earliest of
-    /// them still waits, in microseconds.
-    pub(crate) fn take_due(&mut self, now: u32, into: &mut Vec<u32>) -> Option<u32> {
-        let mut wait: Option<u32> = None;
-        let slots = &mut self.slots;
-        self.dirty.retain(|&i| {
-            let s = &mut slots[i as usize];
-            // Wrapping: the delay is far below the clock's 71-minute wrap.
-            let left = s.next_write.wrapping_sub(now) as i32;
-            if left <= 0 {
+    /// microsecond clock) into `into`; the others wait for theirs. Returns how long the
+    /// earliest of them still waits, in microseconds. Costs a heap operation per slot made
+    /// dirty, not a scan of every waiting slot per turn.
+    pub(crate) fn take_due(&mut self, now: u64, into: &mut Vec<u32>) -> Option<u64> {
+        for i in self.dirty.drain(..) {
+            let s = &mut self.slots[i as usize];
+            if s.next_write <= now {
                 s.dirty = false;
                 into.push(i);
-                false
             } else {
-                wait = Some(wait.map_or(left as u32, |w| w.min(left as u32)));
-                true
+                self.waiting.push(Reverse((s.next_write, i)));
             }
-        });
-        wait
+        }
+        while let Some(&Reverse((due, i))) = self.waiting.peek() {
+            if due > now {
+                return Some(due - now);
+            }
+            self.waiting.pop();
+            let Some(s) = self.slots.get_mut(i as usize) else {
+                continue;
+            };
+            if !s.dirty {
+                continue;
+            }
+            if s.next_write <= now {
+                s.dirty = false;
+                into.push(i);
+            } else {
+                // Written since it was queued here: it waits for its new time.
+                self.waiting.push(Reverse((s.next_write, i)));
+            }
+        }
+        None
     }
 
     /// Whether slot `index` is the only one made dirty since the dirty list had `mark`
