@@ -102,10 +102,14 @@ fn a_write_delay_coalesces_broadcasts_and_never_holds_a_reply() {
     let builder = zerocast::Engine::builder().workers(1).write_delay(delay);
     let (engine, addr) = server_with(builder, Broadcast::new());
     let mut clients: Vec<_> = (0..20).map(|_| connect(addr)).collect();
-    let mut readers: Vec<_> = clients.iter().map(|c| BufReader::new(c.try_clone().unwrap())).collect();
+    let mut readers: Vec<_> = clients
+        .iter()
+        .map(|c| BufReader::new(c.try_clone().unwrap()))
+        .collect();
     // Everyone in the group: each client's hello reaches all 20.
     for (i, c) in clients.iter_mut().enumerate() {
-        c.write_all(&frame(JOIN, &(i as u32).to_le_bytes())).unwrap();
+        c.write_all(&frame(JOIN, &(i as u32).to_le_bytes()))
+            .unwrap();
     }
     for r in &mut readers {
         for _ in 0..20 {
@@ -129,8 +133,14 @@ fn a_write_delay_coalesces_broadcasts_and_never_holds_a_reply() {
     let writes = engine.metrics().writes - before.writes;
     // At most one write per session per delay, plus the first of each (sent at once).
     let bound = 20 * (elapsed.as_millis() as u64 / delay.as_millis() as u64 + 2);
-    assert!(writes <= bound, "{writes} writes in {elapsed:?} (bound {bound})");
-    assert!(writes < 20 * 400 / 4, "{writes} writes for 8,000 deliveries");
+    assert!(
+        writes <= bound,
+        "{writes} writes in {elapsed:?} (bound {bound})"
+    );
+    assert!(
+        writes < 20 * 400 / 4,
+        "{writes} writes for 8,000 deliveries"
+    );
     drop((clients, readers));
     assert_no_leaks(&engine);
 }
@@ -144,10 +154,15 @@ fn a_write_delay_never_holds_a_sessions_own_replies() {
         .write_delay(std::time::Duration::from_secs(10));
     let (engine, addr) = server_with(builder, Echo);
     let mut c = connect(addr);
-    c.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
     for i in 0..20u32 {
         c.write_all(&frame(5, &i.to_le_bytes())).unwrap();
-        assert_eq!(read_frame(&mut c).unwrap(), (5, i.to_le_bytes().to_vec()), "reply {i}");
+        assert_eq!(
+            read_frame(&mut c).unwrap(),
+            (5, i.to_le_bytes().to_vec()),
+            "reply {i}"
+        );
     }
     drop(c);
     assert_no_leaks(&engine);

@@ -32,35 +32,43 @@ pub(crate) enum Cut {
     },
 }
 
-/// A connection's receive state.
+/// A connection's receive state: nothing (one pointer, null) unless a frame is split across
+/// receives, so an idle connection holds no receive memory.
 ///
-/// Invariant: `pending` holds only the start of one incomplete frame (never a complete one),
-/// and `pending_total` is what that frame needs in all; while no frame is split, `pending` is
-/// empty *and has no capacity*, so an idle connection holds no receive memory.
+/// Invariant: `split`, when present, holds only the start of one incomplete frame (never a
+/// complete one, never empty), and `total` is what that frame needs in all.
 #[derive(Default)]
 pub(crate) struct RecvState {
+    split: Option<Box<Split>>,
+}
+
+struct Split {
     pending: BytesMut,
-    pending_total: usize,
+    total: usize,
 }
 
 impl RecvState {
     /// True while a frame is split: the next receive continues it.
     pub(crate) fn is_split(&self) -> bool {
-        !self.pending.is_empty()
+        self.split.is_some()
     }
 
     /// For a readiness backend reading a split frame's rest straight behind its start: the
     /// buffer to read into and the most to read. Reserves at most [`MAX_PENDING_HINT`] at a
     /// time: the frame's total comes from peer-controlled bytes, and a huge claim must not
     /// become a huge allocation before the bytes actually arrive.
+    ///
+    /// # Panics
+    /// If no frame is split ([`is_split`](Self::is_split) is false).
     pub(crate) fn continuation(&mut self) -> (&mut BytesMut, usize) {
-        let need = self
-            .pending_total
-            .saturating_sub(self.pending.len())
+        let s = self.split.as_mut().expect("continuation of a split frame");
+        let need = s
+            .total
+            .saturating_sub(s.pending.len())
             .clamp(1, MAX_PENDING_HINT);
-        self.pending.reserve(need);
-        let room = self.pending.capacity() - self.pending.len();
-        (&mut self.pending, room)
+        s.pending.reserve(need);
+        let room = s.pending.capacity() - s.pending.len();
+        (&mut s.pending, room)
     }
 
     /// The next frame, from `data[*pos..]` (freshly received, advancing `*pos`) and from what
@@ -76,7 +84,7 @@ impl RecvState {
         data: &Bytes,
         pos: &mut usize,
     ) -> Result<Option<Cut>, FrameError> {
-        if self.pending.is_empty() {
+        let Some(s) = self.split.as_mut() else {
             let rest = &data[*pos..];
             if rest.is_empty() {
                 return Ok(None);
@@ -92,29 +100,27 @@ impl RecvState {
                     let mut pending =
                         BytesMut::with_capacity(total.min(MAX_PENDING_HINT).max(rest.len()));
                     pending.extend_from_slice(rest);
-                    self.pending = pending;
-                    self.pending_total = total;
+                    self.split = Some(Box::new(Split { pending, total }));
                     *pos = data.len();
                     Ok(None)
                 }
             };
-        }
+        };
         if *pos < data.len() {
-            self.pending.extend_from_slice(&data[*pos..]);
+            s.pending.extend_from_slice(&data[*pos..]);
             *pos = data.len();
         }
-        match decode(decoder, &self.pending)? {
+        match decode(decoder, &s.pending)? {
             Decoded::Frame { len, header, id } => {
-                let bytes = self.pending.split_to(len).freeze();
-                if self.pending.is_empty() {
+                let bytes = s.pending.split_to(len).freeze();
+                if s.pending.is_empty() {
                     // Nothing split any more: give the memory back.
-                    self.pending = BytesMut::new();
-                    self.pending_total = 0;
+                    self.split = None;
                 }
                 Ok(Some(Cut::Joined { id, header, bytes }))
             }
             Decoded::NeedMore { total } => {
-                self.pending_total = total;
+                s.total = total;
                 Ok(None)
             }
         }
@@ -185,11 +191,7 @@ mod tests {
             let got = run(&mut rx, &d, &[&wire[..cut], &wire[cut..]]).unwrap();
             assert_eq!(got, frames, "cut at {cut}");
             assert!(!rx.is_split());
-            assert_eq!(
-                rx.pending.capacity(),
-                0,
-                "no memory kept once nothing is split"
-            );
+            assert!(rx.split.is_none(), "no memory kept once nothing is split");
         }
         // And one byte at a time.
         let mut rx = RecvState::default();

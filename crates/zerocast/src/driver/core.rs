@@ -80,7 +80,6 @@ impl EngineShared {
                 id,
                 peer,
                 worker.clone(),
-                worker.id(),
                 worker.index as u32,
                 self.config.max_queued_bytes,
             )),
@@ -424,10 +423,15 @@ impl<B: Backend> Core<B> {
                 if conn.closed {
                     continue;
                 }
-                let queued = out
-                    .slots
-                    .get(slot_of(token) as usize)
-                    .map_or(0, |s| s.q.bytes());
+                let slot = out.slots.get_mut(slot_of(token) as usize);
+                let queued = slot.map_or(0, |s| {
+                    // Quiet since the last look: its queue's capacity goes back (a busy
+                    // session re-grows it at most once per housekeeping period).
+                    if conn.inflight.is_none() {
+                        s.q.release_if_empty();
+                    }
+                    s.q.bytes()
+                });
                 queued_total += queued;
                 if let Some(why) = conn.timing.expired(&limits, now, queued) {
                     expired.push((token, why.into()));

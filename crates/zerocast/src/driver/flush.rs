@@ -190,7 +190,7 @@ impl<B: Backend> Core<B> {
             c.session
                 .shared
                 .held
-                .store(q.bytes(), std::sync::atomic::Ordering::Relaxed);
+                .store(q.bytes() as u32, std::sync::atomic::Ordering::Relaxed);
             q.is_empty()
         });
         if let Some(reason) = failed {

@@ -94,7 +94,7 @@ impl<B: Backend> Core<B> {
         loop {
             q.take(&mut taken);
             over |= session::for_outbox(|o| {
-                o.push_owned(slot_of(token), taken.drain(..), shared.limit)
+                o.push_owned(slot_of(token), taken.drain(..), shared.limit())
                     .is_err()
             });
             if !q.finish() {
@@ -116,7 +116,7 @@ impl<B: Backend> Core<B> {
                 batch,
                 |token| {
                     let c = conns.get(token)?;
-                    (!c.closed).then(|| (slot_of(token), c.session.shared.limit))
+                    (!c.closed).then(|| (slot_of(token), c.session.shared.limit()))
                 },
                 &mut over,
             )

@@ -52,6 +52,9 @@
 //! Backends: [`epoll`] (readiness) and [`uring`] (completion).
 
 mod conn;
+/// The connection record, named for the idle-footprint test in `session`.
+#[cfg(test)]
+pub(crate) type ConnProbe = conn::Conn;
 pub(crate) mod core;
 pub(crate) mod epoll;
 mod flush;

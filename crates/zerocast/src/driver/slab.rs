@@ -18,13 +18,12 @@ pub(crate) fn generation_of(token: u64) -> u32 {
 /// Tokens at or above this value are reserved for the worker's own descriptors.
 pub(crate) const RESERVED: u64 = u64::MAX - 1024;
 
-struct Slot<T> {
-    generation: u32,
-    value: Option<T>,
-}
-
+/// Invariant: `values` and `generations` have the same length (kept apart so that a slot
+/// costs its value plus four bytes, not a value's worth of padding); an index is in `free`
+/// iff its value is `None`.
 pub(crate) struct Slab<T> {
-    slots: Vec<Slot<T>>,
+    values: Vec<Option<T>>,
+    generations: Vec<u32>,
     free: Vec<u32>,
     len: usize,
 }
@@ -32,81 +31,82 @@ pub(crate) struct Slab<T> {
 impl<T> Slab<T> {
     pub(crate) fn new() -> Self {
         Self {
-            slots: Vec::new(),
+            values: Vec::new(),
+            generations: Vec::new(),
             free: Vec::new(),
             len: 0,
         }
     }
 
+    fn token(&self, index: usize) -> u64 {
+        (u64::from(self.generations[index]) << 32) | index as u64
+    }
+
     /// Stores `value` built from its token; returns the token.
     pub(crate) fn insert_with(&mut self, f: impl FnOnce(u64) -> T) -> u64 {
         let index = match self.free.pop() {
-            Some(i) => i,
+            Some(i) => i as usize,
             None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    value: None,
-                });
-                (self.slots.len() - 1) as u32
+                self.values.push(None);
+                self.generations.push(0);
+                self.values.len() - 1
             }
         };
-        let slot = &mut self.slots[index as usize];
-        let token = (u64::from(slot.generation) << 32) | u64::from(index);
+        let token = self.token(index);
         debug_assert!(token < RESERVED);
-        slot.value = Some(f(token));
+        self.values[index] = Some(f(token));
         self.len += 1;
         token
     }
 
     fn locate(&self, token: u64) -> Option<usize> {
         let index = (token & 0xffff_ffff) as usize;
-        let slot = self.slots.get(index)?;
-        (u64::from(slot.generation) == token >> 32 && slot.value.is_some()).then_some(index)
+        let generation = *self.generations.get(index)?;
+        (u64::from(generation) == token >> 32 && self.values[index].is_some()).then_some(index)
     }
 
     pub(crate) fn get(&self, token: u64) -> Option<&T> {
         let i = self.locate(token)?;
-        self.slots[i].value.as_ref()
+        self.values[i].as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, token: u64) -> Option<&mut T> {
         let i = self.locate(token)?;
-        self.slots[i].value.as_mut()
+        self.values[i].as_mut()
     }
 
     pub(crate) fn remove(&mut self, token: u64) -> Option<T> {
         let i = self.locate(token)?;
-        let slot = &mut self.slots[i];
         // Skip generations that would put the token in the reserved range.
-        slot.generation = (slot.generation + 1) % (1 << 24);
+        self.generations[i] = (self.generations[i] + 1) % (1 << 24);
         self.free.push(i as u32);
         self.len -= 1;
-        slot.value.take()
+        self.values[i].take()
     }
 
     /// The token of the value in slot `index`, if there is one.
     pub(crate) fn token_at(&self, index: u32) -> Option<u64> {
-        let s = self.slots.get(index as usize)?;
-        s.value
-            .is_some()
-            .then(|| (u64::from(s.generation) << 32) | u64::from(index))
+        let i = index as usize;
+        self.values.get(i)?.as_ref().map(|_| self.token(i))
     }
 
     /// Every live value with its token.
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
-        self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
-            let token = (u64::from(s.generation) << 32) | i as u64;
-            s.value.as_mut().map(|v| (token, v))
-        })
+        let generations = &self.generations;
+        self.values
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(i, v)| {
+                let token = (u64::from(generations[i]) << 32) | i as u64;
+                v.as_mut().map(|v| (token, v))
+            })
     }
 
     /// Every live token.
     pub(crate) fn tokens(&self) -> Vec<u64> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.value.is_some())
-            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+        (0..self.values.len())
+            .filter(|&i| self.values[i].is_some())
+            .map(|i| self.token(i))
             .collect()
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::slab::slot_of;
+use super::slab::{generation_of, slot_of};
 use super::{Backend, Closing, Event, Sent, Token, WriteBuf};
 use crate::sys::uring::{more, Completion, Ring};
 use crate::sys::{self, socket};
@@ -65,19 +65,55 @@ fn decode(user_data: u64) -> (u8, u64) {
 
 /// One connection's operations.
 ///
-/// Invariant (operation lifetime): while `recv_armed`, the kernel may write received bytes
-/// into provided buffers for this socket; while `send_in_flight`, it reads the core's
+/// Invariant (operation lifetime): while [`RECV_ARMED`], the kernel may write received bytes
+/// into provided buffers for this socket; while [`SEND_IN_FLIGHT`], it reads the core's
 /// `WriteBuf` (its `msghdr`, slices and every byte they cover). The core keeps the socket and
 /// that memory until this backend reports [`Event::Released`], which happens only once
-/// `closed` is set and neither flag is.
-#[derive(Default)]
+/// [`CLOSED`] is set and neither flag is.
+///
+/// Eight bytes a connection: the generation of the token the slot serves (below 2^24, see
+/// [`super::slab`]) shares a word with the four flags.
 struct UConn {
-    token: Token,
+    state: u32,
     fd: RawFd,
-    recv_armed: bool,
-    send_in_flight: bool,
-    paused: bool,
-    closed: bool,
+}
+
+const RECV_ARMED: u32 = 1 << 24;
+const SEND_IN_FLIGHT: u32 = 1 << 25;
+const PAUSED: u32 = 1 << 26;
+const CLOSED: u32 = 1 << 27;
+const GENERATION: u32 = (1 << 24) - 1;
+
+impl UConn {
+    fn new(generation: u32, fd: RawFd) -> Self {
+        Self {
+            state: generation & GENERATION,
+            fd,
+        }
+    }
+
+    fn generation(&self) -> u32 {
+        self.state & GENERATION
+    }
+
+    fn has(&self, flag: u32) -> bool {
+        self.state & flag != 0
+    }
+
+    fn set(&mut self, flag: u32, on: bool) {
+        if on {
+            self.state |= flag;
+        } else {
+            self.state &= !flag;
+        }
+    }
+}
+
+impl Default for UConn {
+    /// A free slot: no socket.
+    fn default() -> Self {
+        Self { state: 0, fd: -1 }
+    }
 }
 
 pub(crate) struct Uring {
@@ -117,17 +153,17 @@ impl Uring {
     fn conn(&mut self, token: Token) -> Option<&mut UConn> {
         self.conns
             .get_mut(slot_of(token) as usize)
-            .filter(|c| c.token == token)
+            .filter(|c| c.generation() == generation_of(token) && c.fd >= 0)
     }
 
     fn arm_recv(&mut self, token: Token) {
         let Some(c) = self.conn(token) else {
             return;
         };
-        if c.recv_armed || c.closed || c.paused {
+        if c.has(RECV_ARMED) || c.has(CLOSED) || c.has(PAUSED) {
             return;
         }
-        c.recv_armed = true;
+        c.set(RECV_ARMED, true);
         let fd = c.fd;
         self.ring.recv_multi(fd, user_data(Op::Recv, token));
         self.in_flight += 1;
@@ -137,7 +173,7 @@ impl Uring {
     fn reap(&mut self, token: Token, events: &mut Vec<Event>) {
         if self
             .conn(token)
-            .is_some_and(|c| c.closed && !c.recv_armed && !c.send_in_flight)
+            .is_some_and(|c| c.has(CLOSED) && !c.has(RECV_ARMED) && !c.has(SEND_IN_FLIGHT))
         {
             self.conns[slot_of(token) as usize] = UConn::default();
             events.push(Event::Released(token));
@@ -156,7 +192,7 @@ impl Uring {
                     sent += 1;
                     self.in_flight -= 1;
                     if let Some(c) = self.conn(token) {
-                        c.send_in_flight = false;
+                        c.set(SEND_IN_FLIGHT, false);
                     }
                     let result = if res < 0 {
                         Err(io::Error::from_raw_os_error(-res))
@@ -195,12 +231,12 @@ impl Uring {
             return;
         };
         if !more {
-            c.recv_armed = false;
+            c.set(RECV_ARMED, false);
         }
-        if c.closed {
+        if c.has(CLOSED) {
             return self.reap(token, events);
         }
-        if c.paused {
+        if c.has(PAUSED) {
             return;
         }
         match res {
@@ -294,11 +330,7 @@ impl Backend for Uring {
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, UConn::default);
         }
-        self.conns[i] = UConn {
-            token,
-            fd: socket.as_raw_fd(),
-            ..UConn::default()
-        };
+        self.conns[i] = UConn::new(generation_of(token), socket.as_raw_fd());
         self.arm_recv(token);
         Ok(())
     }
@@ -312,8 +344,8 @@ impl Backend for Uring {
         let Some(c) = self.conn(token) else {
             return;
         };
-        c.paused = true;
-        if c.recv_armed {
+        c.set(PAUSED, true);
+        if c.has(RECV_ARMED) {
             self.ring
                 .cancel(user_data(Op::Recv, token), user_data(Op::Cancel, 0));
         }
@@ -326,8 +358,8 @@ impl Backend for Uring {
         if w.slices.is_empty() {
             return Sent::Done(Ok(0));
         }
-        debug_assert!(!c.send_in_flight, "one send in flight per session");
-        c.send_in_flight = true;
+        debug_assert!(!c.has(SEND_IN_FLIGHT), "one send in flight per session");
+        c.set(SEND_IN_FLIGHT, true);
         let fd = c.fd;
         w.os.0.msg_iov = w.slices.as_mut_ptr();
         w.os.0.msg_iovlen = w.slices.len().min(socket::IOV_MAX);
@@ -352,8 +384,8 @@ impl Backend for Uring {
         let Some(c) = self.conn(token) else {
             return Closing::Now;
         };
-        c.closed = true;
-        let (recv, send) = (c.recv_armed, c.send_in_flight);
+        c.set(CLOSED, true);
+        let (recv, send) = (c.has(RECV_ARMED), c.has(SEND_IN_FLIGHT));
         if recv {
             self.ring
                 .cancel(user_data(Op::Recv, token), user_data(Op::Cancel, 0));
@@ -426,5 +458,13 @@ impl Backend for Uring {
 
     fn busy(&self) -> bool {
         self.in_flight > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_connection_s_operations_take_eight_bytes() {
+        assert_eq!(std::mem::size_of::<super::UConn>(), 8);
     }
 }

@@ -116,7 +116,7 @@ impl Session {
     /// what other threads have queued since).
     pub fn queued_bytes(&self) -> usize {
         let s = &self.shared;
-        s.held.load(Ordering::Relaxed) + s.foreign().map_or(0, |q| q.queued_bytes())
+        s.held.load(Ordering::Relaxed) as usize + s.foreign().map_or(0, |q| q.queued_bytes())
     }
 }
 

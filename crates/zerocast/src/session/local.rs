@@ -109,7 +109,7 @@ impl Outbox {
             Some(s) if s.open && s.generation == generation && !session.is_closing() => {}
             _ => return Err(Refused::Closed),
         }
-        self.push_at(index, k, len, session.limit)
+        self.push_at(index, k, len, session.limit())
             .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))
     }
 
@@ -256,7 +256,7 @@ impl Outbox {
 
     /// The batch for the session's worker (a new one if there is none yet this turn).
     fn batch_for(&mut self, session: &SessionShared) -> &mut Batch {
-        let id = session.owner_id;
+        let id = session.owner_id();
         let i = match self.batches.iter().position(|b| b.owner_id == id) {
             Some(i) => i,
             None => {
@@ -307,7 +307,7 @@ fn on_owner<T, R>(
     f: impl FnOnce(&mut Outbox, T) -> R,
 ) -> Result<R, T> {
     OUTBOX.with(|o| match o.try_borrow_mut() {
-        Ok(mut out) if out.owner != 0 && out.owner == session.owner_id => Ok(f(&mut out, v)),
+        Ok(mut out) if out.owner != 0 && out.owner == session.owner_id() => Ok(f(&mut out, v)),
         _ => Err(v),
     })
 }
@@ -330,7 +330,7 @@ pub(super) fn send(
                 buffer: buf,
             });
         }
-        if out.slots[index as usize].q.bytes() + len > session.limit {
+        if out.slots[index as usize].q.bytes() + len > session.limit() {
             session.close_with(CloseReason::SlowConsumer);
             return Err(SendError {
                 reason: Refused::SlowConsumer,
@@ -359,7 +359,7 @@ pub(super) fn send_batch(
             return Err(Refused::Closed);
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if out.slots[index as usize].q.bytes() + len > session.limit {
+        if out.slots[index as usize].q.bytes() + len > session.limit() {
             session.close_with(CloseReason::SlowConsumer);
             return Err(Refused::SlowConsumer);
         }
@@ -416,7 +416,7 @@ pub(super) fn send_kept(
             out.keeps.retain(k); // the fanout's own hold
             k
         });
-        out.push_range(index, k, range.start, range.len(), session.limit)
+        out.push_range(index, k, range.start, range.len(), session.limit())
             .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))
     })
 }
@@ -452,7 +452,7 @@ pub(crate) fn broadcast<'a>(
         let mut remote: Vec<(usize, u32)> = Vec::new();
         let mut n = 0;
         for s in members {
-            if s.owner_id == me {
+            if s.owner_id() == me {
                 let k = *kept.get_or_insert_with(|| out.keeps.insert(buf.clone()));
                 n += usize::from(out.push(s, k, len).is_ok());
                 continue;
@@ -461,7 +461,7 @@ pub(crate) fn broadcast<'a>(
                 continue;
             }
             let token = s.token.load(Ordering::Relaxed);
-            let id = s.owner_id;
+            let id = s.owner_id();
             out.queued += len;
             let b = out.batch_for(s);
             let i = match remote.iter().find(|r| r.0 == id) {

@@ -29,3 +29,24 @@ pub use reason::CloseReason;
 pub use registry::Registry;
 pub(crate) use shared::{Batch, Membership, Notice, Owner, SessionShared};
 pub use shared::{Refused, SendError, SessionId};
+
+/// What an idle connection costs the engine, by type: the benchmark's idle row measures the
+/// whole (docs/BENCHMARKS.md, at most 256 bytes of server memory per idle connection on either
+/// backend); these keep each part from growing back unnoticed.
+#[cfg(test)]
+mod idle_footprint {
+    use std::mem::size_of;
+
+    #[test]
+    fn an_idle_connection_s_parts_stay_small() {
+        // Shared with handles: allocated with its reference counts (16 B) in a 112-byte
+        // malloc chunk; its rarely needed parts behind one lazily set pointer.
+        assert!(size_of::<super::shared::SessionShared>() <= 88);
+        // The worker's connection record and its output slot.
+        assert!(size_of::<crate::driver::ConnProbe>() <= 56);
+        assert!(size_of::<super::local::Slot>() <= 32);
+        // Nothing on the heap while nothing is split or queued.
+        assert_eq!(size_of::<crate::conn::recv::RecvState>(), 8);
+        assert_eq!(size_of::<crate::conn::outq::OutQueue>(), 16);
+    }
+}

@@ -4,8 +4,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use once_cell::race::OnceBox;
 
 use super::queue::{Push, SendQueue};
 use super::reason::CloseReason;
@@ -103,7 +105,7 @@ impl Batch {
     pub(crate) fn new(session: &SessionShared) -> Self {
         Self {
             owner: session.owner.clone(),
-            owner_id: session.owner_id,
+            owner_id: session.owner_id(),
             bufs: Vec::new(),
             entries: Vec::new(),
             bytes: 0,
@@ -127,8 +129,14 @@ impl Batch {
     }
 }
 
-/// The groups a session is in, created on the first.
-type Groups = OnceLock<Box<Mutex<Vec<Weak<dyn Membership>>>>>;
+/// What a session needs only once it is in a group or was sent to from a non-worker thread:
+/// allocated on the first of those, so an idle session holds one null pointer for it.
+struct Extras {
+    /// Sends from threads that are not workers.
+    foreign: SendQueue<SendBuffer>,
+    /// The groups the session is in.
+    groups: Mutex<Vec<Weak<dyn Membership>>>,
+}
 
 /// One session's shared state.
 pub(crate) struct SessionShared {
@@ -137,20 +145,16 @@ pub(crate) struct SessionShared {
     /// Slot token in the owning worker (`generation << 32 | index`), set at registration.
     pub(crate) token: AtomicU64,
     pub(crate) owner: Arc<dyn Owner>,
-    /// The owner's identity, compared with the thread's worker (see [`super::local`]).
-    pub(crate) owner_id: usize,
     /// The owner's index among its engine's workers.
     pub(crate) worker: u32,
-    /// Most bytes the session may have queued.
-    pub(crate) limit: usize,
-    /// Sends from threads that are not workers; created on the first.
-    pub(crate) foreign: OnceLock<Box<SendQueue<SendBuffer>>>,
+    /// Most bytes the session may have queued (see [`limit`](Self::limit)).
+    limit: u32,
     /// Bytes the owner holds for this session, as of its last look (for the limit check of
     /// sends from other threads). Stored only by the owner.
-    pub(crate) held: AtomicUsize,
+    pub(crate) held: AtomicU32,
     /// Set once a close was requested; further frames are not delivered.
     pub(crate) closing: AtomicBool,
-    groups: Groups,
+    extras: OnceBox<Extras>,
 }
 
 impl SessionShared {
@@ -158,7 +162,6 @@ impl SessionShared {
         id: SessionId,
         peer: SocketAddr,
         owner: Arc<dyn Owner>,
-        owner_id: usize,
         worker: u32,
         limit: usize,
     ) -> Self {
@@ -167,19 +170,38 @@ impl SessionShared {
             peer,
             token: AtomicU64::new(u64::MAX),
             owner,
-            owner_id,
             worker,
-            limit,
-            foreign: OnceLock::new(),
-            held: AtomicUsize::new(0),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            held: AtomicU32::new(0),
             closing: AtomicBool::new(false),
-            groups: OnceLock::new(),
+            extras: OnceBox::new(),
         }
+    }
+
+    /// The owner's identity (the address of its shared state), compared with the thread's
+    /// worker (see [`super::local`]).
+    pub(crate) fn owner_id(&self) -> usize {
+        Arc::as_ptr(&self.owner) as *const () as usize
+    }
+
+    /// Most bytes the session may have queued (the engine's limit, capped at 4 GiB).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    fn extras(&self) -> &Extras {
+        // Two threads racing here each build one; one is kept, the other dropped unused.
+        self.extras.get_or_init(|| {
+            Box::new(Extras {
+                foreign: SendQueue::with_limit(self.limit()),
+                groups: Mutex::new(Vec::new()),
+            })
+        })
     }
 
     /// The queue of sends from non-worker threads, if any was made.
     pub(crate) fn foreign(&self) -> Option<&SendQueue<SendBuffer>> {
-        self.foreign.get().map(|q| &**q)
+        self.extras.get().map(|e| &e.foreign)
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -200,10 +222,8 @@ impl SessionShared {
         bufs: impl Iterator<Item = SendBuffer>,
         len: usize,
     ) -> Result<(), Refused> {
-        let q = self
-            .foreign
-            .get_or_init(|| Box::new(SendQueue::with_limit(self.limit)));
-        match q.push(bufs, len, self.held.load(Ordering::Relaxed)) {
+        let q = &self.extras().foreign;
+        match q.push(bufs, len, self.held.load(Ordering::Relaxed) as usize) {
             Push::Queued => Ok(()),
             Push::Schedule => {
                 self.owner.post(Notice::Flush(self.clone()));
@@ -225,8 +245,8 @@ impl SessionShared {
         if let Some(q) = self.foreign() {
             drop(q.close());
         }
-        let groups = match self.groups.get() {
-            Some(g) => std::mem::take(&mut *lock(g)),
+        let groups = match self.extras.get() {
+            Some(e) => std::mem::take(&mut *lock(&e.groups)),
             None => Vec::new(),
         };
         for g in groups {
@@ -238,8 +258,7 @@ impl SessionShared {
 
     /// The session joined `group`.
     pub(crate) fn joined(&self, group: Weak<dyn Membership>) {
-        let g = self.groups.get_or_init(|| Box::new(Mutex::new(Vec::new())));
-        let mut g = lock(g);
+        let mut g = lock(&self.extras().groups);
         g.retain(|w| w.strong_count() > 0);
         g.push(group);
     }
