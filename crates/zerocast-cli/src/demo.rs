@@ -155,6 +155,11 @@ impl Server {
             frames_out: get("zerocast_frames_out_total"),
             writes: get("zerocast_writes_total"),
             deliveries: get("zerocast_world_deliveries_total"),
+            moves: get("zerocast_world_moves_total"),
+            conflated: get("zerocast_world_conflated_total"),
+            superseded: get("zerocast_world_superseded_total"),
+            stride: get("zerocast_world_delivery_stride"),
+            max_stride: 0.0,
         })
     }
 
@@ -187,6 +192,13 @@ struct Metrics {
     frames_out: f64,
     writes: f64,
     deliveries: f64,
+    moves: f64,
+    conflated: f64,
+    superseded: f64,
+    /// Ticks between a player's writes: above 1 the world is over its write budget.
+    stride: f64,
+    /// Most strides seen during the run.
+    max_stride: f64,
 }
 
 /// What the demo prints as JSON with `--json`: the generator's report and the server's side.
@@ -197,6 +209,14 @@ struct DemoJson<'a> {
     server_messages_per_write: Option<f64>,
     /// Share of the machine's CPU time the hypervisor gave to other guests during the run.
     cpu_steal: Option<f64>,
+    /// Most ticks between a player's writes during the run: above 1 the world was over its
+    /// write budget (over capacity) and wrote each player only every that many ticks.
+    delivery_stride_max: f64,
+    /// Moves the server accepted, and how many of them were conflated into a later position.
+    moves: f64,
+    conflated: f64,
+    /// Deliveries of older positions left out because the same write carried a later one.
+    superseded: f64,
     /// Why the run's figures cannot be trusted (empty: they can); the exit status is 1 if any.
     problems: Vec<String>,
     /// What made the figures noisy, if anything.
@@ -277,8 +297,11 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     });
     let mut last = (Instant::now(), 0u64, server.metrics().unwrap_or_default());
     // One line per progress report (once a second), until the run ends.
+    let mut max_stride = 1.0f64;
     for p in progress_rx {
-        let m = server.metrics().unwrap_or(last.2);
+        let mut m = server.metrics().unwrap_or(last.2);
+        max_stride = max_stride.max(m.stride);
+        m.max_stride = max_stride;
         let rss = procfs::sample(Some(server.pid())).map_or(0, |s| s.rss_bytes);
         let dt = last.0.elapsed().as_secs_f64();
         out.line(&live_line(
@@ -295,7 +318,8 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     let report = load
         .join()
         .map_err(|_| anyhow::anyhow!("the bots' thread panicked"))??;
-    let m = server.metrics().unwrap_or_default();
+    let mut m = server.metrics().unwrap_or_default();
+    m.max_stride = max_stride.max(m.stride);
     server.stop()?;
     let steal = steal_start.and_then(|(s0, t0)| {
         let (s1, t1) = procfs::cpu_steal().ok()?;
@@ -308,6 +332,10 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
             report: &report,
             server_messages_per_write: (m.writes > 0.0).then(|| m.frames_out / m.writes),
             cpu_steal: steal,
+            delivery_stride_max: m.max_stride,
+            moves: m.moves,
+            conflated: m.conflated,
+            superseded: m.superseded,
             problems: problems.clone(),
             noise,
         };
@@ -366,8 +394,16 @@ fn live_line(
             "-".to_owned()
         }
     };
+    let over = if m.stride > 1.0 {
+        format!(
+            "  over capacity: each player written every {:.0} ticks",
+            m.stride
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{:>5.1}s  {phase:<9}  {:>7}  {:>12.0}  {:>21}  {per_conn:>10}  {per_write:>10}",
+        "{:>5.1}s  {phase:<9}  {:>7}  {:>12.0}  {:>21}  {per_conn:>10}  {per_write:>10}{over}",
         p.run_s,
         m.players,
         received as f64 / dt.max(1e-3),
@@ -432,6 +468,21 @@ fn summary(r: &Report, m: &Metrics, noise: &[String]) {
             "  server writes    {:.1} messages per write ({:.0} packets queued for players)",
             m.frames_out / m.writes,
             m.deliveries
+        );
+    }
+    if m.max_stride > 1.0 {
+        println!(
+            "  capacity         over: the world wrote each player only every {:.0} ticks (its \
+             budget is 50,000 writes a second per core, --max-writes-per-sec), each mover's \
+             latest position only: {:.0} deliveries of older positions left out, {:.0} of {:.0} \
+             moves conflated within a tick",
+            m.max_stride, m.superseded, m.conflated, m.moves,
+        );
+    } else {
+        println!(
+            "  capacity         within: every player written every tick; {:.0} of {:.0} moves \
+             conflated",
+            m.conflated, m.moves
         );
     }
     if let Some(s) = &r.server {

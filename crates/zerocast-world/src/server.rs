@@ -65,6 +65,12 @@ impl WorldSnapshot {
                  the latest position, not every step: a world over capacity degrades here).",
                 c.conflated,
             ),
+            row(
+                "superseded",
+                C,
+                "Moves left out of a write that carried a later position of the same player.",
+                c.superseded,
+            ),
             row("rejected", C, "Packets refused with Rejected.", c.rejected),
             row("attacks", C, "Attacks accepted.", c.attacks),
             row("chats", C, "Chat lines relayed.", c.chats),

@@ -59,9 +59,12 @@ pub struct Counts {
     pub joins: u64,
     /// Accepted moves.
     pub moves: u64,
-    /// Moves folded into an earlier move of the same player in the same tick and cell (only
-    /// the latest position is sent: a world over capacity sends state, not every event).
+    /// Moves folded into an earlier move of the same player in the same tick (only the
+    /// latest position is sent: a world sends state, not every event).
     pub conflated: u64,
+    /// Moves left out of a write because the same write carries a later position of the
+    /// same player (a player written every few ticks, over capacity, gets each mover once).
+    pub superseded: u64,
     /// Refused packets (each answered with `Rejected`).
     pub rejected: u64,
     /// Accepted attacks.
@@ -83,6 +86,7 @@ impl Counts {
         self.joins += o.joins;
         self.moves += o.moves;
         self.conflated += o.conflated;
+        self.superseded += o.superseded;
         self.rejected += o.rejected;
         self.attacks += o.attacks;
         self.chats += o.chats;
@@ -136,9 +140,13 @@ struct Scratch {
     /// This shard's players to deliver, by cell and window start (their last delivery),
     /// sorted.
     due: Vec<(Cell, u64, EntityId)>,
-    /// The neighbourhood being laid out: `(generation, cell, from this shard, start in the
-    /// tick buffer)`.
-    segments: Vec<(u64, Cell, bool, usize)>,
+    /// The neighbourhood being laid out: its cells' events as `(generation, cell, history
+    /// entry, batch (0: this shard's), index in the batch, start in the tick buffer)`.
+    segments: Vec<(u64, Cell, u32, u32, u32, usize)>,
+    /// Each mover's latest position in it: `(generation, segment, offset)`.
+    latest: FxHashMap<EntityId, (u64, usize, usize)>,
+    /// Where each mover's kept move lies in the tick buffer, sorted: a player's own is cut.
+    own_at: Vec<(EntityId, usize)>,
     /// Every player's parts, back to back, and each player's span of them.
     parts: Vec<Part>,
     spans: Vec<(EntityId, Range<usize>)>,

@@ -332,7 +332,7 @@ fn a_tick_is_one_write_per_player_whatever_happened_in_it() {
 }
 
 #[test]
-fn over_capacity_each_player_is_written_every_stride_ticks_and_misses_nothing() {
+fn over_capacity_each_player_is_written_every_stride_ticks_with_every_movers_latest_position() {
     let mut w = Shards::new(1);
     for id in 1..=40 {
         w.join(0, id);
@@ -362,7 +362,8 @@ fn over_capacity_each_player_is_written_every_stride_ticks_and_misses_nothing() 
         writes_per_tick.iter().all(|&n| n <= 25),
         "{writes_per_tick:?}"
     );
-    // Nothing lost: every player saw every other's last position, and no move of its own.
+    // Nothing lost that matters: every player saw every other's last position, and no move
+    // of its own.
     for id in 1..=40u64 {
         let got = w.wire.take(id);
         for other in (1..=40).filter(|&o| o != id) {
@@ -372,12 +373,18 @@ fn over_capacity_each_player_is_written_every_stride_ticks_and_misses_nothing() 
                 Some(&(500.0 + other as f32, 506.0)),
                 "{id} of {other}"
             );
-            assert_eq!(
-                seen.len(),
-                6,
-                "one move a tick, none conflated across ticks"
+            // One position per write, the latest (the first window after the stride changed
+            // may be short): fewer positions than moves.
+            assert!((2..=4).contains(&seen.len()), "{seen:?}");
+            assert!(
+                seen.windows(2).all(|w| w[0].1 < w[1].1),
+                "in order: {seen:?}"
             );
         }
         assert!(moved(&got, id).is_empty());
     }
+    assert!(
+        w.cores[0].counts().superseded > 0,
+        "the older positions were left out"
+    );
 }

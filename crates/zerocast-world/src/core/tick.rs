@@ -9,7 +9,8 @@ use zerocopy::little_endian::{F32, U64};
 
 use super::{Core, Player, Scratch, MOVED_LEN};
 use crate::aoi::{around, Cell, Cells, EntityId};
-use crate::packets::{Entered, Left};
+use crate::packets::{Entered, Left, Moved};
+use zerocast::frame::HEADER_LEN;
 use zerocast::packet::FixedPacket;
 use zerocast::SendBuffer;
 
@@ -205,21 +206,35 @@ impl Core {
         while g < sc.due.len() {
             let (cell, since, _) = sc.due[g];
             let end = g + sc.due[g..].partition_point(|&(c, s, _)| (c, s) == (cell, since));
-            // The neighbourhood over the window, once for every player of the group.
+            // The neighbourhood over the window, once for every player of the group: every
+            // event of its 3×3 cells since the group's last delivery.
             sc.segments.clear();
-            let nb_start = buf.len();
-            let mut nb_events = 0u64;
             for k in around(cell) {
                 let from = sc
                     .by_cell
                     .partition_point(|&(c, tg, ..)| (c, tg) <= (k, since));
                 for &(_, tg, hi, bi, ci) in sc.by_cell[from..].iter().take_while(|e| e.0 == k) {
-                    let ce = &self.history[hi as usize].1[bi as usize].cells[ci as usize];
-                    sc.segments.push((tg, k, bi == 0, buf.len()));
-                    buf.extend_from_slice(ce.buf.as_bytes());
-                    nb_events += u64::from(ce.count);
+                    sc.segments.push((tg, k, hi, bi, ci, 0));
                 }
             }
+            let nb_start = buf.len();
+            // A window of one or two ticks holds a mover about once (moves come at most as
+            // often as ticks, and a tick keeps one position per mover): copied whole. A longer
+            // one (a player written every few ticks, over capacity) keeps each mover's
+            // latest position only.
+            let conflate = gen - since > 2;
+            let (nb_events, superseded) = if conflate {
+                lay_out_latest(&self.history, &mut sc, buf)
+            } else {
+                let mut n = 0u64;
+                for seg in &mut sc.segments {
+                    let ce = &self.history[seg.2 as usize].1[seg.3 as usize].cells[seg.4 as usize];
+                    seg.5 = buf.len();
+                    buf.extend_from_slice(ce.buf.as_bytes());
+                    n += u64::from(ce.count);
+                }
+                (n, 0)
+            };
             let nb_end = buf.len();
             let changed = self.cells.changed_near(cell, since);
             let mut globals_events = 0u64;
@@ -250,15 +265,25 @@ impl Core {
                 push_part(&mut sc.parts, tick_buf, a..buf.len());
                 // The neighbourhood, the player's own moves cut out.
                 sc.cuts.clear();
-                for &(og, k, at) in &p.own {
-                    let seg = sc.segments.iter().find(|s| s.0 == og && s.1 == k && s.2);
-                    if let Some(&(.., start)) = seg {
-                        sc.cuts.push(start + at as usize);
+                if conflate {
+                    let from = sc.own_at.partition_point(|&(m, _)| m < id);
+                    let own = sc.own_at[from..].iter().take_while(|&&(m, _)| m == id);
+                    sc.cuts.extend(own.map(|&(_, at)| at));
+                } else {
+                    for &(og, k, at) in &p.own {
+                        let seg = sc
+                            .segments
+                            .iter()
+                            .find(|s| s.0 == og && s.1 == k && s.3 == 0);
+                        if let Some(&(.., start)) = seg {
+                            sc.cuts.push(start + at as usize);
+                        }
                     }
+                    sc.cuts.sort_unstable();
                 }
                 p.own.clear();
-                sc.cuts.sort_unstable();
                 events += nb_events - sc.cuts.len() as u64;
+                self.counts.superseded += superseded;
                 let mut at = nb_start;
                 for &cut in &sc.cuts {
                     push_part(&mut sc.parts, tick_buf, at..cut);
@@ -371,4 +396,97 @@ fn push_part(parts: &mut Vec<Part>, buffer: usize, range: Range<usize>) {
     if !range.is_empty() {
         parts.push(Part { buffer, range });
     }
+}
+
+/// Lays the neighbourhood's segments out into `buf` keeping each mover's latest position
+/// only; records where each kept move lies (`sc.own_at`, sorted). Returns the frames laid
+/// out and those left out.
+fn lay_out_latest(
+    history: &std::collections::VecDeque<(u64, Vec<Arc<TickBatch>>)>,
+    sc: &mut Scratch,
+    buf: &mut BytesMut,
+) -> (u64, u64) {
+    let cells = |seg: &(u64, Cell, u32, u32, u32, usize)| {
+        history[seg.2 as usize].1[seg.3 as usize].cells[seg.4 as usize]
+            .buf
+            .as_bytes()
+            .clone()
+    };
+    // Where each mover's latest position lies: (generation, segment, offset).
+    sc.latest.clear();
+    for (si, seg) in sc.segments.iter().enumerate() {
+        for (at, mover) in moved_frames(&cells(seg)) {
+            let e = sc.latest.entry(mover).or_insert((seg.0, si, at));
+            if seg.0 > e.0 {
+                *e = (seg.0, si, at);
+            }
+        }
+    }
+    let (mut kept, mut left) = (0, 0);
+    sc.own_at.clear();
+    for si in 0..sc.segments.len() {
+        let bytes = cells(&sc.segments[si]);
+        sc.segments[si].5 = buf.len();
+        let mut at = 0;
+        while let Some(len) = frame_at(&bytes, at) {
+            let frame = &bytes[at..at + len];
+            let keep = match moved_frame(frame) {
+                Some(mover) => {
+                    let latest = sc
+                        .latest
+                        .get(&mover)
+                        .is_some_and(|&(_, s, a)| (s, a) == (si, at));
+                    if latest {
+                        sc.own_at.push((mover, buf.len()));
+                    }
+                    latest
+                }
+                None => true,
+            };
+            if keep {
+                buf.extend_from_slice(frame);
+                kept += 1;
+            } else {
+                left += 1;
+            }
+            at += len;
+        }
+    }
+    sc.own_at.sort_unstable();
+    (kept, left)
+}
+
+/// The length of the whole frame at `at` in a buffer of whole frames, if one is there.
+fn frame_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let head = bytes.get(at..at + HEADER_LEN)?;
+    let len = usize::from(u16::from_le_bytes([head[0], head[1]]));
+    (len >= HEADER_LEN && at + len <= bytes.len()).then_some(len)
+}
+
+/// The mover, if `frame` is a whole `Moved` frame.
+fn moved_frame(frame: &[u8]) -> Option<EntityId> {
+    let id = u16::from_le_bytes([frame[2], frame[3]]);
+    (id == Moved::ID && frame.len() == MOVED_LEN).then(|| mover_of(frame))
+}
+
+/// The entity a whole `Moved` frame is about.
+fn mover_of(frame: &[u8]) -> EntityId {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&frame[HEADER_LEN..HEADER_LEN + 8]);
+    u64::from_le_bytes(id)
+}
+
+/// The `Moved` frames of a buffer of whole frames: each one's offset and mover.
+fn moved_frames(bytes: &[u8]) -> impl Iterator<Item = (usize, EntityId)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while let Some(len) = frame_at(bytes, at) {
+            let here = at;
+            at += len;
+            if let Some(mover) = moved_frame(&bytes[here..here + len]) {
+                return Some((here, mover));
+            }
+        }
+        None
+    })
 }
