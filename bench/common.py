@@ -9,6 +9,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 SERVER_CPU, LOAD_CPU = "0", "1"
+# Servers pinned elsewhere than SERVER_CPU.
+SERVER_CPUS = {"zerocast-2w": "0,1"}
+TWO_WORKERS = "zerocast-2w"
 
 # zerocast's broadcast server holds small output up to this latency budget so that a
 # session's broadcasts share a write (`--write-delay`); echo replies are never held.
@@ -29,6 +32,8 @@ SERVERS = {
     "zerocast": lambda mode: zerocast(mode, "epoll"),
     "zerocast-uring": lambda mode: zerocast(mode, "uring"),
     "zerocast-0ms": lambda mode: zerocast(mode, "epoll", delay=False),
+    # The world on two workers (two shards), allowed on both CPUs; the generator keeps CPU 1.
+    "zerocast-2w": lambda mode: ["zerocast", mode, "--workers", "2", "--backend", "epoll"],
     "tokio": lambda mode: ["peer-tokio", mode],
     "naive": lambda mode: ["peer-naive", mode],
     "limit": lambda mode: ["peer-limit", mode],

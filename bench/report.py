@@ -50,6 +50,8 @@ def write(r):
     w(f"| zerocast-0ms | the broadcast server without the write delay (written at the end of "
       "every turn that queued something): what the latency budget buys |")
     w("| zerocast-uring | the same on the io_uring backend (`--backend uring`) |")
+    w("| zerocast-2w | the world on two workers (two shards exchanging their tick batches), "
+      "allowed on both CPUs, the generator still on CPU 1: capacity only |")
     w("| tokio | `peer-tokio`: task per connection, tokio-util length-delimited codec, "
       "feed/flush batching; broadcast: one `Bytes` per relayed frame to every client's "
       "unbounded channel, a writer task per client flushing a 64 KiB buffer when its channel is "
@@ -502,7 +504,9 @@ def capacity_section(w, capacity):
     w("")
     w("Each server in steps of bots (one run a step, the same world and rates as above) until "
       "its p99 passes the bound. *+*: it passed the largest step run. The generator's busy "
-      "share says whether it, rather than the server, was the limit.")
+      "share says whether it, rather than the server, was the limit. zerocast-2w shares its "
+      "second CPU with the generator: its row shows what a second shard adds on this "
+      "two-core machine, not what a second free core would.")
     w("")
     w("| server | carries | steps: bots → p99, server CPU, generator busy |")
     w("|---|---|---|")

@@ -21,7 +21,8 @@ import time
 
 import report
 from common import (BROADCAST_DELAY_MS, BROADCAST_SERVERS, CAPACITY_P99_US, ECHO_SERVERS,
-                    LOAD_CPU, NODELAY, REL, ROOT, SERVER_CPU, SERVERS, URING, WORLD_SERVERS, med,
+                    LOAD_CPU, NODELAY, REL, ROOT, SERVER_CPU, SERVER_CPUS, SERVERS, TWO_WORKERS, URING,
+                    WORLD_SERVERS, med,
                     metric, server_util, steal_ticks)
 
 class Bench:
@@ -43,7 +44,8 @@ class Bench:
     def start_server(self, name, mode):
         port = self.next_port()
         argv = SERVERS[name](mode)
-        cmd = ["taskset", "-c", SERVER_CPU, os.path.join(REL, argv[0])] + argv[1:] + [
+        cpus = SERVER_CPUS.get(name, SERVER_CPU)
+        cmd = ["taskset", "-c", cpus, os.path.join(REL, argv[0])] + argv[1:] + [
             "--listen", f"127.0.0.1:{port}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
@@ -179,7 +181,7 @@ def main():
     # Capacity: for each server, bots in steps until p99 passes the bound (one run a step).
     steps = [200, 400] if quick else [1000, 2000, 3000, 4000, 5000, 6000, 7000]
     capacity = {}
-    for s in WORLD_SERVERS:
+    for s in WORLD_SERVERS + [TWO_WORKERS]:
         capacity[s] = []
         for n in steps:
             print(f"capacity {s}: {n} bots", flush=True)

@@ -98,10 +98,15 @@ pub struct Body {
     distance: Bucket,
     moves: Bucket,
     chats: Bucket,
+    attacks: Bucket,
 }
 
 /// Chat lines a player may send at once after being quiet.
 const CHAT_BURST: f32 = 5.0;
+/// Attacks a player may make per second (sustained), and at once after a pause: each one is
+/// a packet to everyone in range of its target, so it is limited like chat.
+const ATTACKS_PER_SEC: f32 = 5.0;
+const ATTACK_BURST: f32 = 5.0;
 
 impl WorldConfig {
     /// How many ticks apart the world delivers when its busiest shard has `players`: 1 while
@@ -134,6 +139,7 @@ impl WorldConfig {
             distance: Bucket::full(self.burst_distance(), now),
             moves: Bucket::full(self.max_moves_per_sec, now),
             chats: Bucket::full(CHAT_BURST, now),
+            attacks: Bucket::full(ATTACK_BURST, now),
         }
     }
 
@@ -173,6 +179,19 @@ impl WorldConfig {
         body.pos = to;
         body.velocity = velocity;
         Ok(())
+    }
+
+    /// Spends one attack of the body's allowance.
+    ///
+    /// # Errors
+    /// [`reject::RATE_LIMITED`] when the player attacks faster than allowed.
+    pub fn attack(&self, body: &mut Body, now: Instant) -> Result<(), u8> {
+        body.attacks.refill(ATTACKS_PER_SEC, ATTACK_BURST, now);
+        if body.attacks.spend(1.0) {
+            Ok(())
+        } else {
+            Err(reject::RATE_LIMITED)
+        }
     }
 
     /// Spends one chat line of the body's allowance.

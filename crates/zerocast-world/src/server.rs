@@ -263,7 +263,7 @@ impl ShardState {
         match frame.id() {
             Move::ID => core.step(id, Move::decode(payload)?, now),
             Chat::ID => core.chat(id, Chat::decode(payload)?, payload, now),
-            Attack::ID => core.attack(id, Attack::decode(payload)?),
+            Attack::ID => core.attack(id, Attack::decode(payload)?, now),
             Ping::ID => core.ping(id, Ping::decode(payload)?),
             Join::ID => {
                 core.join(id, Join::decode(payload)?, now)?;

@@ -148,7 +148,7 @@ fn world_frame(core: &mut Core, id: u64, f: &[u8]) -> Result<(), PacketError> {
     match kind {
         Join::ID => core.join(id, Join::decode(payload)?, now),
         Move::ID => core.step(id, Move::decode(payload)?, now),
-        Attack::ID => core.attack(id, Attack::decode(payload)?),
+        Attack::ID => core.attack(id, Attack::decode(payload)?, now),
         Chat::ID => core.chat(id, Chat::decode(payload)?, payload, now),
         Ping::ID => core.ping(id, Ping::decode(payload)?),
         id => Err(PacketError::UnknownId { id }),

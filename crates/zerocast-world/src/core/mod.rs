@@ -348,12 +348,12 @@ impl Core {
     }
 
     /// Player `id` attacks: `Attacked` goes into the target's cell (everyone in range of the
-    /// target sees it, the target included) if the target is in range of the attacker;
-    /// otherwise `Rejected`.
+    /// target sees it, the target included) if the target is in range of the attacker and the
+    /// attacker within its rate; otherwise `Rejected`.
     ///
     /// # Errors
     /// A player that has not joined.
-    pub fn attack(&mut self, id: EntityId, a: &Attack) -> Result<(), PacketError> {
+    pub fn attack(&mut self, id: EntityId, a: &Attack, now: Instant) -> Result<(), PacketError> {
         let Some(me) = self
             .cells
             .get(id)
@@ -369,6 +369,14 @@ impl Core {
                 return Ok(());
             }
         };
+        let allowed = self
+            .players
+            .get_mut(&id)
+            .map(|p| self.config.attack(&mut p.body, now));
+        if let Some(Err(reason)) = allowed {
+            self.reject(id, Attack::ID, reason);
+            return Ok(());
+        }
         self.counts.attacks += 1;
         let b = self.building.entry(at).or_default();
         Attacked {

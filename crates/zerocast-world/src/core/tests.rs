@@ -259,7 +259,7 @@ fn refusals_pongs_and_chat_come_in_order_and_bad_input_is_an_error() {
     };
     let payload = [channel::GLOBAL, b'h', b'i'];
     core.chat(2, line, &payload, now).unwrap();
-    core.attack(1, &Attack::new(1)).unwrap();
+    core.attack(1, &Attack::new(1), now).unwrap();
     w.tick();
     let one = w.wire.take(1);
     assert_eq!(
@@ -282,7 +282,7 @@ fn shards_see_each_others_players_and_events_through_their_batches() {
     assert_eq!(about(&w.wire.take(1), Entered::ID), [2]);
     assert_eq!(about(&w.wire.take(2), Entered::ID), [1]);
     w.go(1, 2, 170.0, 150.0);
-    w.cores[1].attack(2, &Attack::new(1)).unwrap();
+    w.cores[1].attack(2, &Attack::new(1), w.now).unwrap();
     w.tick();
     let one = w.wire.take(1);
     assert_eq!(ids(&one), [Moved::ID, Attacked::ID]);

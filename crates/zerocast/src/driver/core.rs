@@ -423,15 +423,13 @@ impl<B: Backend> Core<B> {
                 if conn.closed {
                     continue;
                 }
-                let slot = out.slots.get_mut(slot_of(token) as usize);
-                let queued = slot.map_or(0, |s| {
-                    // Quiet since the last look: its queue's capacity goes back (a busy
-                    // session re-grows it at most once per housekeeping period).
-                    if conn.inflight.is_none() {
-                        s.q.release_if_empty();
-                    }
-                    s.q.bytes()
-                });
+                if conn.inflight.is_none() {
+                    out.release_quiet(slot_of(token));
+                }
+                let queued = out
+                    .slots
+                    .get(slot_of(token) as usize)
+                    .map_or(0, |s| s.q.bytes());
                 queued_total += queued;
                 if let Some(why) = conn.timing.expired(&limits, now, queued) {
                     expired.push((token, why.into()));

@@ -55,6 +55,8 @@ pub(crate) struct Slot {
     generation: u32,
     open: bool,
     dirty: bool,
+    /// Output was queued since the last housekeeping (see [`Outbox::release_quiet`]).
+    pushed: bool,
     /// With a write delay: the worker's microsecond clock before which this slot is not
     /// written again (see [`Outbox::take_due`]).
     pub(crate) next_write: u64,
@@ -132,12 +134,23 @@ impl Outbox {
             return Err(Refused::SlowConsumer);
         }
         s.q.push(&mut self.keeps, k, off as u32, len as u32);
+        s.pushed = true;
         if !s.dirty {
             s.dirty = true;
             self.dirty.push(index);
         }
         self.queued += len;
         Ok(())
+    }
+
+    /// Housekeeping for slot `index`: a queue that stayed empty since the last call gives its
+    /// memory back (an idle session holds none; a busy one keeps its capacity).
+    pub(crate) fn release_quiet(&mut self, index: u32) {
+        if let Some(s) = self.slots.get_mut(index as usize) {
+            if !std::mem::take(&mut s.pushed) {
+                s.q.release_if_empty();
+            }
+        }
     }
 
     /// Takes every dirty slot (each slot's flag cleared), waiting ones included: the slots
