@@ -297,6 +297,35 @@ fn shards_see_each_others_players_and_events_through_their_batches() {
 }
 
 #[test]
+fn a_move_made_while_a_tick_waits_for_the_other_shards_is_not_sent_back_to_its_mover() {
+    // Two shards: shard 0 ends its tick, then handles a move before shard 1's batch arrives
+    // (the world server delivers a tick once every shard's batch is in).
+    let mut w = Shards::new(2);
+    w.join(0, 1);
+    w.join(1, 2);
+    w.go(0, 1, 150.0, 150.0);
+    w.go(1, 2, 160.0, 150.0);
+    w.tick();
+    w.tick();
+    let _ = (w.wire.take(1), w.wire.take(2));
+    w.tick += 1;
+    let tick = w.tick;
+    let own0 = Arc::new(w.cores[0].end_tick(tick));
+    w.go(0, 1, 151.0, 150.0); // handled in the gap: it belongs to the next tick
+    let own1 = Arc::new(w.cores[1].end_tick(tick));
+    w.cores[0].deliver(own0.clone(), std::slice::from_ref(&own1), 1, &mut w.wire);
+    w.cores[1].deliver(own1, &[own0], 1, &mut w.wire);
+    w.tick();
+    let mine = w.wire.take(1);
+    assert!(
+        moved(&mine, 1).is_empty(),
+        "own move echoed: {:?}",
+        ids(&mine)
+    );
+    assert_eq!(moved(&w.wire.take(2), 1), [(151.0, 150.0)]);
+}
+
+#[test]
 fn a_tick_is_one_write_per_player_whatever_happened_in_it() {
     let mut w = Shards::new(1);
     for id in 1..=20 {

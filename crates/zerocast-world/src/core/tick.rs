@@ -281,7 +281,9 @@ impl Core {
                     }
                     sc.cuts.sort_unstable();
                 }
-                p.own.clear();
+                // Moves made since this tick ended (while its delivery waited for the other
+                // shards' batches) belong to the next tick's batch: their cuts stay.
+                p.own.retain(|&(og, ..)| og > gen);
                 events += nb_events - sc.cuts.len() as u64;
                 self.counts.superseded += superseded;
                 let mut at = nb_start;

@@ -3,6 +3,10 @@
 //! Times are `u32` milliseconds since the worker started (four bytes a field instead of a
 //! 16-byte `Instant`: this is per connection); differences use wrapping arithmetic, so they
 //! stay right for spans below 49 days, far above any timeout.
+//!
+//! Both ends of a span are floored to the millisecond, so a span of `n` on this clock is more
+//! than `n - 1` real milliseconds: a limit is passed when the span *exceeds* it, which never
+//! fires before the limit (at most a millisecond after, plus the time to the next check).
 
 /// Why a connection must close now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +73,7 @@ impl Timing {
                 l.first_frame.map(|t| (t, Expired::FirstFrame))
             };
             if let Some((limit, why)) = deadline {
-                if silent >= limit {
+                if silent > limit {
                     return Some(why);
                 }
             }
@@ -79,7 +83,7 @@ impl Timing {
                 // NEVER itself is a valid time once in 49 days: off by a millisecond then.
                 self.over_soft_since = if now == NEVER { 0 } else { now };
             }
-            if now.wrapping_sub(self.over_soft_since) >= l.grace {
+            if now.wrapping_sub(self.over_soft_since) > l.grace {
                 return Some(Expired::SlowConsumer);
             }
         } else {
@@ -103,12 +107,12 @@ mod tests {
     #[test]
     fn the_first_frame_deadline_then_the_idle_timeout() {
         let mut t = Timing::new(true, 5);
-        assert_eq!(t.expired(&L, 104, 0), None);
-        assert_eq!(t.expired(&L, 105, 0), Some(Expired::FirstFrame));
+        assert_eq!(t.expired(&L, 105, 0), None, "never before the deadline");
+        assert_eq!(t.expired(&L, 106, 0), Some(Expired::FirstFrame));
         let mut t = Timing::new(true, 5);
         t.frames(1, 50);
-        assert_eq!(t.expired(&L, 1049, 0), None, "a frame resets the clock");
-        assert_eq!(t.expired(&L, 1050, 0), Some(Expired::Idle));
+        assert_eq!(t.expired(&L, 1050, 0), None, "a frame resets the clock");
+        assert_eq!(t.expired(&L, 1051, 0), Some(Expired::Idle));
         let mut ours = Timing::new(false, 5);
         assert_eq!(
             ours.expired(&L, 1_000_000, 0),
@@ -121,10 +125,11 @@ mod tests {
     fn above_the_soft_limit_for_the_grace_period_is_a_slow_consumer() {
         let mut t = Timing::new(false, 0);
         assert_eq!(t.expired(&L, 10, 11), None);
-        assert_eq!(t.expired(&L, 59, 11), None);
-        assert_eq!(t.expired(&L, 60, 9), None, "back below: the clock restarts");
+        assert_eq!(t.expired(&L, 60, 11), None);
+        assert_eq!(t.expired(&L, 61, 9), None, "back below: the clock restarts");
         assert_eq!(t.expired(&L, 70, 11), None);
-        assert_eq!(t.expired(&L, 120, 11), Some(Expired::SlowConsumer));
+        assert_eq!(t.expired(&L, 120, 11), None, "not before the grace period");
+        assert_eq!(t.expired(&L, 121, 11), Some(Expired::SlowConsumer));
     }
 
     #[test]
