@@ -14,11 +14,13 @@
 mod bots;
 pub mod clock;
 mod config;
+mod handler;
 pub mod procfs;
 mod report;
 mod run;
 mod stats;
 mod verdict;
+mod watch;
 
 pub use bots::WorldFigures;
 pub use config::{
