@@ -179,7 +179,7 @@ def main():
                           ["-c", str(n), "--hz", str(hz)] + common, runs)
 
     # Capacity: for each server, bots in steps until p99 passes the bound (one run a step).
-    steps = [200, 400] if quick else [1000, 2000, 3000, 4000, 5000, 6000, 7000]
+    steps = [200, 400] if quick else [1000, 2000, 3000, 3500, 4000, 4500, 5000, 5500, 6000, 7000]
     capacity = {}
     for s in WORLD_SERVERS + [TWO_WORKERS]:
         capacity[s] = []
