@@ -162,7 +162,9 @@ fn slow_consumer_run(builder: zerocast::Builder, grace: Duration) {
     let start = Instant::now();
     let mut received = 0;
     // Broadcast 1 KB frames at ~2 MB/s; the healthy client keeps up, the stalled one does not.
-    while start.elapsed() < grace + Duration::from_secs(2) {
+    // Until the stalled one is closed: how soon depends on this VM's scheduling, so the bound
+    // is only there to end a broken run.
+    while start.elapsed() < grace + Duration::from_secs(30) {
         for _ in 0..20 {
             everyone.0.broadcast(&SendBuffer::frame(5, &payload));
         }
