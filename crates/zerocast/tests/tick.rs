@@ -202,8 +202,18 @@ fn workers_start_knowing_their_index_tick_in_step_and_mail_each_other() {
     let relay = std::sync::Arc::new(Relay::default());
     let builder = Engine::builder().tick(Duration::from_millis(5)).workers(2);
     let (engine, addr) = server_with(builder, relay.clone());
-    // Enough clients that both workers serve some.
-    let mut clients: Vec<_> = (0..8).map(|_| connect(addr)).collect();
+    // Clients until both workers serve some (which worker takes a connection is the kernel's
+    // choice): the first frame a client gets says which worker serves it.
+    let mut clients = Vec::new();
+    let mut served = [false, false];
+    while !(served[0] && served[1]) || clients.len() < 8 {
+        assert!(clients.len() < 200, "200 connections, all on one worker");
+        let mut c = connect(addr);
+        let (id, p) = read_frame(&mut c).expect("a frame");
+        assert_eq!(id, 7);
+        served[u64::from_le_bytes(p[17..25].try_into().unwrap()) as usize] = true;
+        clients.push(c);
+    }
     let mut ticked = [Vec::new(), Vec::new()];
     let mut mailed = 0;
     for c in &mut clients {
