@@ -146,9 +146,9 @@ impl Handler for Everyone {
     }
     fn on_frame(&self, _cx: Context<'_, Self>, _frame: Frame<'_>) {}
     fn on_disconnect(&self, cx: Context<'_, Self>, reason: &CloseReason) {
-        let s = cx.session;
-        self.0.remove(s.id());
+        // The reason first: the test stops broadcasting once the group shrinks, then reads it.
         self.1.note(reason);
+        self.0.remove(cx.session.id());
     }
 }
 
