@@ -99,6 +99,12 @@ struct ServerArgs {
     /// Kernel send buffer per socket in bytes (SO_SNDBUF) [default: the kernel autotunes].
     #[arg(long, value_name = "BYTES")]
     send_buffer: Option<usize>,
+    /// Milliseconds input may wait in the kernel before a worker reads it: the worker wakes
+    /// for input at most that often (and at its ticks and deadlines) and reads every ready
+    /// socket at once [default: a fifth of the tick for `world`, which sends only at its
+    /// ticks; 0, read as soon as it arrives, for the others].
+    #[arg(long, value_name = "MS")]
+    read_delay: Option<f64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -135,7 +141,7 @@ pub struct WorldArgs {
     pub tick_ms: u64,
     /// Writes per second one worker may make, the world's capacity: above players x tick
     /// rate, the world delivers every second (third, ...) tick, moves conflated in between
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 60_000)]
     pub max_writes_per_sec: u32,
 }
 
@@ -183,7 +189,15 @@ impl ServerArgs {
         if let Some(n) = self.workers {
             b = b.workers(usize::from(n));
         }
-        b
+        self.overrides(b)
+    }
+
+    /// The settings a server's own defaults must not overrule (applied after them).
+    fn overrides(&self, b: Builder) -> Builder {
+        match self.read_delay {
+            Some(ms) => b.read_delay(Duration::from_secs_f64(ms.max(0.0) / 1e3)),
+            None => b,
+        }
     }
 }
 
@@ -233,7 +247,8 @@ fn run() -> anyhow::Result<()> {
             let world = Arc::new(World::new(world.config()?));
             let w = world.clone();
             extra = Some(Arc::new(move || w.snapshot().rows()));
-            (world.configure(server.builder()).build(world)?, server)
+            let builder = server.overrides(world.configure(server.builder()));
+            (builder.build(world)?, server)
         }
         Command::Load(args) => return load::main(args),
         Command::Demo(args) => return demo::main(args),

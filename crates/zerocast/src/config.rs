@@ -105,6 +105,7 @@ pub(crate) struct Config {
     pub(crate) send_buffer: Option<usize>,
     pub(crate) tick: Option<Duration>,
     pub(crate) write_delay: Duration,
+    pub(crate) read_delay: Duration,
     pub(crate) busy_poll: bool,
     pub(crate) backend: Backend,
 }
@@ -129,6 +130,7 @@ impl Default for Config {
             send_buffer: None,
             tick: None,
             write_delay: Duration::ZERO,
+            read_delay: Duration::ZERO,
             busy_poll: false,
             backend: Backend::Epoll,
         }

@@ -170,6 +170,23 @@ impl Builder {
         self
     }
 
+    /// How long received input may wait in the kernel before a worker reads it. With a delay,
+    /// a worker does not wake for each socket that becomes readable: it sleeps until its next
+    /// deadline (a tick, a held write, housekeeping) or until the delay has passed since it
+    /// last looked, whichever is first, and then reads every socket that has data in one
+    /// pass; a wake-up from another thread (a command, a shard's batch) still ends the sleep
+    /// at once. A server that acts on input only at its tick (a world: moves are applied on
+    /// arrival but sent out at the tick) loses nothing by reading once per tick, and saves a
+    /// sleep, a wake-up and an `epoll_wait` per message (docs/BENCHMARKS.md, "World"). Input
+    /// that arrives meanwhile waits in the socket's receive buffer, where TCP pushes back on a
+    /// sender that fills it. Default zero: input is read as soon as it arrives. The epoll
+    /// backend honours it; io_uring takes completions as they come (it already receives
+    /// without a system call per message).
+    pub fn read_delay(mut self, delay: Duration) -> Self {
+        self.config.read_delay = delay;
+        self
+    }
+
     /// Workers never sleep: they poll their sockets (and the tick's clock) in a loop. Lowest
     /// latency and no wake-up cost (no timer interrupts, no wake-up IPIs from peers), at the
     /// price of a fully busy core per worker even when idle; how much of that time is real

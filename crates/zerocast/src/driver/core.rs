@@ -122,6 +122,9 @@ pub(crate) struct Core<B: Backend> {
     /// The write delay in microseconds.
     pub(super) write_delay_us: u32,
     last_housekeeping: Instant,
+    /// When the sockets were last looked at (for the read delay, see
+    /// [`Builder::read_delay`](crate::Builder::read_delay)).
+    last_input: Instant,
     /// The next tick: when, and its number.
     next_tick: Option<(Instant, u64)>,
     accept_paused_until: Option<Instant>,
@@ -179,6 +182,7 @@ impl<B: Backend> Core<B> {
             now_us: 0,
             write_delay_us: cfg.write_delay.as_micros().min(u128::from(u32::MAX / 4)) as u32,
             last_housekeeping: now,
+            last_input: now,
             accept_paused_until: None,
             accept_stopped: Vec::new(),
             last_accept_warning: None,
@@ -200,15 +204,16 @@ impl<B: Backend> Core<B> {
         });
         let mut again = Vec::new();
         while !self.exit || self.b.busy() {
-            let timeout = self.timeout();
+            let (timeout, defer) = self.wait_plan();
             let mut fresh = std::mem::take(&mut self.fresh);
-            if let Err(e) = self.b.wait(timeout, &mut fresh) {
+            if let Err(e) = self.b.wait(timeout, defer, &mut fresh) {
                 tracing::error!(worker = self.shared.index, error = %e, "waiting for events failed");
                 std::thread::sleep(HOUSEKEEPING);
             }
             self.events.extend(fresh.drain(..));
             self.fresh = fresh;
             self.set_now();
+            self.last_input = self.now;
             self.m.turns.add(1);
             let mut worked = !self.events.is_empty() || !self.again.is_empty();
             while let Some(ev) = self.events.pop_front() {
@@ -248,6 +253,19 @@ impl<B: Backend> Core<B> {
         let since = self.now.duration_since(self.epoch);
         self.now_ms = since.as_millis() as u32;
         self.now_us = since.as_micros() as u64;
+    }
+
+    /// How long the next wait may last, and whether input waits for its end: with a read
+    /// delay the worker sleeps until [`timeout`](Self::timeout) or until the delay has passed
+    /// since it last looked at its sockets, whichever comes first, and reads them then.
+    fn wait_plan(&self) -> (Option<Duration>, bool) {
+        let timeout = self.timeout();
+        let delay = self.ctx.config.read_delay;
+        if delay.is_zero() || timeout == Some(Duration::ZERO) {
+            return (timeout, false);
+        }
+        let read_in = (self.last_input + delay).saturating_duration_since(Instant::now());
+        (Some(timeout.map_or(read_in, |t| t.min(read_in))), true)
     }
 
     /// How long the next wait may last: until the next tick, housekeeping, or accept retry;

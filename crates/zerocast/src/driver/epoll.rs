@@ -22,6 +22,8 @@ const LISTENERS: u64 = u64::MAX - 2;
 
 pub(crate) struct Epoll {
     ep: epoll::Epoll,
+    /// An epoll set holding only the waker: a wait that defers input sleeps on it.
+    wake_only: epoll::Epoll,
     wake: sys::EventFd,
     listeners: Vec<OwnedFd>,
     /// Per listener: accepting (not paused after a failure, not stopped).
@@ -37,8 +39,13 @@ impl Epoll {
         let ep = epoll::Epoll::new()?;
         let wake = sys::EventFd::new()?;
         ep.add(wake.raw(), epoll::READ, WAKER)?;
+        // The eventfd's edge reaches both sets: a wake-up ends either wait, and the main set
+        // still reports it (the waker is drained there).
+        let wake_only = epoll::Epoll::new()?;
+        wake_only.add(wake.raw(), epoll::READ, WAKER)?;
         Ok(Self {
             ep,
+            wake_only,
             wake,
             listeners: Vec::new(),
             accepting: Vec::new(),
@@ -135,23 +142,64 @@ impl Backend for Epoll {
         Closing::Now
     }
 
-    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        defer_input: bool,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()> {
         let start = events.len();
         for l in std::mem::take(&mut self.accept_now) {
             self.accept_loop(l, events);
         }
-        let timeout = if events.len() > start {
+        let mut timeout = if events.len() > start {
             Some(Duration::ZERO)
         } else {
             timeout
         };
         let mut raw = std::mem::take(&mut self.raw);
-        let r = self.ep.wait(&mut raw, timeout);
+        if defer_input && timeout != Some(Duration::ZERO) {
+            // Sleep until the deadline or a wake-up, then look at every socket at once.
+            if let Err(e) = self.wake_only.wait(&mut raw, timeout) {
+                self.raw = raw;
+                return Err(e);
+            }
+            timeout = Some(Duration::ZERO);
+        }
+        let mut r = self.ep.wait(&mut raw, timeout);
+        // Ready sockets beyond one batch would otherwise wait for the next deferred look.
+        let mut rounds = 0;
+        while defer_input && r.is_ok() && raw.len() == raw.capacity() && rounds < 64 {
+            self.report(&raw, events);
+            r = self.ep.wait(&mut raw, Some(Duration::ZERO));
+            rounds += 1;
+        }
+        self.report(&raw, events);
+        self.raw = raw;
+        r
+    }
+
+    fn drain_sends(&mut self, _events: &mut Vec<Event>) -> usize {
+        0 // every send finished when it was made
+    }
+
+    fn finish(&mut self) {
+        self.stop_accepting();
+    }
+
+    fn busy(&self) -> bool {
+        false
+    }
+}
+
+impl Epoll {
+    /// Translates one batch of readiness into events.
+    fn report(&mut self, raw: &[epoll::Event], events: &mut Vec<Event>) {
         const READ: u32 =
             (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         const WRITE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         const HUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-        for ev in &raw {
+        for ev in raw {
             let (token, bits) = (ev.u64, ev.events);
             if token == WAKER {
                 // Consumed before the core clears its wake-up flag (see `WorkerShared`).
@@ -171,19 +219,5 @@ impl Backend for Epoll {
                 }
             }
         }
-        self.raw = raw;
-        r
-    }
-
-    fn drain_sends(&mut self, _events: &mut Vec<Event>) -> usize {
-        0 // every send finished when it was made
-    }
-
-    fn finish(&mut self) {
-        self.stop_accepting();
-    }
-
-    fn busy(&self) -> bool {
-        false
     }
 }

@@ -39,7 +39,8 @@
 //! - **Waiting.** [`Backend::wait`] waits until an event or the deadline (`None`: no deadline;
 //!   zero: just look), with at least millisecond precision, and appends events. A wake-up
 //!   posted through the worker's waker ([`Backend::waker`]) ends the wait with
-//!   [`Event::Woken`].
+//!   [`Event::Woken`]. Asked to defer input (the read delay), a backend that can sleeps until
+//!   the deadline or a wake-up only, then reports every ready socket at once.
 //! - **Exiting.** [`Backend::finish`] stops the worker's own operations; the core keeps
 //!   waiting while [`Backend::busy`] says completions are still due.
 //! - **Mid-turn writes.** [`Backend::drain_sends`] lets a completion backend push its
@@ -158,8 +159,15 @@ pub(crate) trait Backend {
     /// Stops every operation on `token`.
     fn close(&mut self, token: Token, socket: &OwnedFd) -> Closing;
 
-    /// Waits for events until `timeout`; appends them to `events`.
-    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
+    /// Waits for events until `timeout`; appends them to `events`. With `defer_input`, only
+    /// the waker or the timeout ends the wait, and then whatever the sockets have is reported
+    /// without waiting (a backend that cannot tell input from the rest waits as usual).
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        defer_input: bool,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()>;
 
     /// Pushes submitted sends to the kernel and appends the [`Event::Sent`] of those that
     /// finished; other events met are appended too. Returns how many sends finished.

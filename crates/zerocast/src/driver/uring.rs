@@ -402,7 +402,14 @@ impl Backend for Uring {
         }
     }
 
-    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        // Completions come as the kernel posts them: a receive costs no system call here,
+        // and waiting for several would hold the waker's completion back with them.
+        _defer_input: bool,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()> {
         if !self.wake_armed && !self.finishing {
             self.ring
                 .poll_multi(self.wake.raw(), user_data(Op::Wake, 0));
