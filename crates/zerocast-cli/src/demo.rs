@@ -473,10 +473,14 @@ fn summary(r: &Report, m: &Metrics, noise: &[String]) {
     if m.max_stride > 1.0 {
         println!(
             "  capacity         over: the world wrote each player only every {:.0} ticks (its \
-             budget is 50,000 writes a second per core, --max-writes-per-sec), each mover's \
+             budget is {} writes a second per core, --max-writes-per-sec), each mover's \
              latest position only: {:.0} deliveries of older positions left out, {:.0} of {:.0} \
              moves conflated within a tick",
-            m.max_stride, m.superseded, m.conflated, m.moves,
+            m.max_stride,
+            zerocast_world::WorldConfig::default().max_writes_per_sec,
+            m.superseded,
+            m.conflated,
+            m.moves,
         );
     } else {
         println!(

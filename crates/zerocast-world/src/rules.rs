@@ -32,8 +32,9 @@ pub struct WorldConfig {
     /// position. A world past its capacity then gets later, not slower and slower.
     ///
     /// A small write costs a core here 5 to 10 µs of kernel time (docs/BENCHMARKS.md), so the
-    /// default of 50,000 keeps about half a core for everything else: 2,500 players at the
-    /// default 20 Hz tick are written every tick, 5,000 every other one (every 100 ms).
+    /// default of 60,000 keeps about a quarter of a core for reading, the game and bursts
+    /// (with input read in passes, see `World::configure`): 3,000 players at the default
+    /// 20 Hz tick are written every tick, 6,000 every other one (every 100 ms).
     pub max_writes_per_sec: u32,
 }
 
@@ -49,7 +50,7 @@ impl Default for WorldConfig {
             max_moves_per_sec: 30.0,
             max_chats_per_sec: 2.0,
             tick: Duration::from_millis(50),
-            max_writes_per_sec: 50_000,
+            max_writes_per_sec: 60_000,
         }
     }
 }

@@ -32,6 +32,9 @@ use crate::lockorder::OrderedMutex;
 use crate::packets::{goodbye, Attack, Chat, Goodbye, Join, Move, Ping};
 use crate::rules::WorldConfig;
 
+/// How many times per tick a world worker reads its sockets (see [`World::configure`]).
+const READ_PASSES_PER_TICK: u32 = 5;
+
 /// A snapshot of the world's gauges and counters, summed over its shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorldSnapshot {
@@ -301,9 +304,15 @@ impl World {
         &self.config
     }
 
-    /// Sets what the world needs on an engine builder: its tick.
+    /// Sets what the world needs on an engine builder: its tick, and input read in passes a
+    /// fifth of a tick apart ([`Builder::read_delay`]). Moves are applied as they are read
+    /// but reach the players only at the tick, so waking for each one buys nothing; reading
+    /// only at the tick would put a whole tick's reads in front of its writes (measured in
+    /// docs/BENCHMARKS.md). Set another read delay after this call to change it.
     pub fn configure(&self, builder: Builder) -> Builder {
-        builder.tick(self.config.tick)
+        builder
+            .tick(self.config.tick)
+            .read_delay(self.config.tick / READ_PASSES_PER_TICK)
     }
 
     /// The world's gauges and counters now, as the shards last reported them (at their
