@@ -376,8 +376,8 @@ fn metrics_endpoint_serves_prometheus_text_with_live_counters() {
 
 #[test]
 fn world_serves_players_and_its_gauges() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
-        .args([
+    let (mut child, lines) = common::start_printing(
+        &[
             "world",
             "--listen",
             "127.0.0.1:0",
@@ -385,19 +385,11 @@ fn world_serves_players_and_its_gauges() {
             "127.0.0.1:0",
             "--tick-ms",
             "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary runs");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut next = |prefix: &str| {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim().strip_prefix(prefix).unwrap().to_string()
-    };
-    let addr = next("listening on ");
-    let metrics = next("metrics on ");
+        ],
+        Stdio::null(),
+        &["listening on ", "metrics on "],
+    );
+    let (addr, metrics) = (lines[0].clone(), lines[1].clone());
 
     // Join (protocol 1) and read the welcome: id 0x0201, 34 bytes of payload.
     let mut s = TcpStream::connect(&addr).unwrap();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
@@ -31,33 +31,20 @@ fn python_has(module: &str) -> bool {
 
 /// A `zerocast world` and the addresses it prints (players, metrics).
 fn world(extra: &[&str]) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
-        .args([
-            "world",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary runs");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut next = |prefix: &str| {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-            .to_owned()
-    };
-    let addr = next("listening on ");
-    let metrics = next("metrics on ");
-    (child, addr, metrics)
+    let mut args = vec![
+        "world",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let (child, mut lines) =
+        common::start_printing(&args, Stdio::null(), &["listening on ", "metrics on "]);
+    let metrics = lines.pop().unwrap();
+    (child, lines.pop().unwrap(), metrics)
 }
 
 fn stop(mut child: Child) {

@@ -84,6 +84,18 @@ pub fn scrape(addr: impl std::net::ToSocketAddrs) -> String {
 /// Starts the `zerocast` binary with `args` and waits for its `listening on ADDR` line;
 /// returns the child and the address. Its stderr goes to `stderr` (piped, for `terminate`).
 pub fn start_server(args: &[&str], stderr: std::process::Stdio) -> (Child, String) {
+    let (child, mut lines) = start_printing(args, stderr, &["listening on "]);
+    (child, lines.remove(0))
+}
+
+/// Starts `zerocast ARGS` and reads its first lines, which must begin with `prefixes` in
+/// order; returns what follows each prefix (one reader for all: a second one could lose
+/// lines the first had buffered).
+pub fn start_printing(
+    args: &[&str],
+    stderr: std::process::Stdio,
+    prefixes: &[&str],
+) -> (Child, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
         .args(args)
@@ -91,14 +103,17 @@ pub fn start_server(args: &[&str], stderr: std::process::Stdio) -> (Child, Strin
         .stderr(stderr)
         .spawn()
         .expect("binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim()
-        .to_string();
-    (child, addr)
+    let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+    let lines = prefixes
+        .iter()
+        .map(|prefix| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_owned()
+        })
+        .collect();
+    (child, lines)
 }
