@@ -137,6 +137,9 @@ struct Scratch {
     /// Every retained batch's cell events as `(cell, generation, history entry, batch, index
     /// in the batch)`, sorted.
     by_cell: Vec<(Cell, u64, u32, u32, u32)>,
+    /// Where each cell's entries lie in `by_cell` (one lookup per cell of a neighbourhood
+    /// instead of a binary search).
+    cell_ranges: FxHashMap<Cell, (u32, u32)>,
     /// This shard's players to deliver, by cell and window start (their last delivery),
     /// sorted.
     due: Vec<(Cell, u64, EntityId)>,

@@ -186,6 +186,14 @@ impl Core {
             }
         }
         sc.by_cell.sort_unstable_by_key(|&(cell, g, ..)| (cell, g));
+        sc.cell_ranges.clear();
+        let mut start = 0;
+        while start < sc.by_cell.len() {
+            let cell = sc.by_cell[start].0;
+            let end = start + sc.by_cell[start..].partition_point(|e| e.0 == cell);
+            sc.cell_ranges.insert(cell, (start as u32, end as u32));
+            start = end;
+        }
         let tick_buf = sc.shared.len();
         // The players due: those whose turn it is, and any that waited a whole stride (the
         // stride changed) or just joined.
@@ -210,11 +218,13 @@ impl Core {
             // event of its 3×3 cells since the group's last delivery.
             sc.segments.clear();
             for k in around(cell) {
-                let from = sc
-                    .by_cell
-                    .partition_point(|&(c, tg, ..)| (c, tg) <= (k, since));
-                for &(_, tg, hi, bi, ci) in sc.by_cell[from..].iter().take_while(|e| e.0 == k) {
-                    sc.segments.push((tg, k, hi, bi, ci, 0));
+                let Some(&(from, to)) = sc.cell_ranges.get(&k) else {
+                    continue;
+                };
+                for &(_, tg, hi, bi, ci) in &sc.by_cell[from as usize..to as usize] {
+                    if tg > since {
+                        sc.segments.push((tg, k, hi, bi, ci, 0));
+                    }
                 }
             }
             let nb_start = buf.len();
