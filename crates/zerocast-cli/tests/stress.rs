@@ -4,7 +4,7 @@
 //!   buffer ring runs dry): no crash, every session closed, no send buffer left alive;
 //! - the server shut down under load: it exits 0 with nothing left open or alive.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,32 +20,22 @@ struct Server {
 
 impl Server {
     fn start(backend: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zerocast"))
-            .args([
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-            ])
-            .args(["--workers", "2", "--backend", backend])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("binary runs");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut next = |prefix: &str| -> SocketAddr {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            line.trim()
-                .strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-                .parse()
-                .unwrap()
-        };
-        let addr = next("listening on ");
-        let metrics = next("metrics on ");
+        let mut args = vec![
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--backend",
+            backend,
+        ];
+        args.extend_from_slice(extra);
+        let (child, lines) =
+            common::start_printing(&args, Stdio::piped(), &["listening on ", "metrics on "]);
+        let addr = lines[0].parse().unwrap();
+        let metrics = lines[1].parse().unwrap();
         Self {
             child,
             addr,
