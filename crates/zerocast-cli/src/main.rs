@@ -174,8 +174,10 @@ impl WorldArgs {
 }
 
 impl ServerArgs {
-    fn builder(&self) -> Builder {
-        let mut b = Engine::builder()
+    /// The engine's settings: the server's own `defaults` (a world's tick and read delay),
+    /// then what the command line says, which overrules them.
+    fn builder(&self, defaults: impl FnOnce(Builder) -> Builder) -> Builder {
+        let mut b = defaults(Engine::builder())
             .max_frame(self.max_frame)
             .pin_cpus(self.cpus.clone())
             .reuse_port(self.reuse_port)
@@ -189,15 +191,10 @@ impl ServerArgs {
         if let Some(n) = self.workers {
             b = b.workers(usize::from(n));
         }
-        self.overrides(b)
-    }
-
-    /// The settings a server's own defaults must not overrule (applied after them).
-    fn overrides(&self, b: Builder) -> Builder {
-        match self.read_delay {
-            Some(ms) => b.read_delay(Duration::from_secs_f64(ms.max(0.0) / 1e3)),
-            None => b,
+        if let Some(ms) = self.read_delay {
+            b = b.read_delay(Duration::from_secs_f64(ms.max(0.0) / 1e3));
         }
+        b
     }
 }
 
@@ -233,13 +230,13 @@ fn run() -> anyhow::Result<()> {
     let mut extra: Option<metrics_http::Extra> = None;
     let (engine, args) = match &cli.command {
         Command::Echo { server, raw } => {
-            let b = server.builder();
+            let b = server.builder(|b| b);
             let b = if *raw { b.decoder(Raw) } else { b };
             (b.build(Echo)?, server)
         }
         Command::Broadcast { server } => {
             let b = server
-                .builder()
+                .builder(|b| b)
                 .max_frame(server.max_frame.min(BROADCAST_MAX_FRAME));
             (b.build(Broadcast::new())?, server)
         }
@@ -247,7 +244,7 @@ fn run() -> anyhow::Result<()> {
             let world = Arc::new(World::new(world.config()?));
             let w = world.clone();
             extra = Some(Arc::new(move || w.snapshot().rows()));
-            let builder = server.overrides(world.configure(server.builder()));
+            let builder = server.builder(|b| world.configure(b));
             (builder.build(world)?, server)
         }
         Command::Load(args) => return load::main(args),

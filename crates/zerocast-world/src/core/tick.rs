@@ -188,10 +188,9 @@ impl Core {
         sc.by_cell.sort_unstable_by_key(|&(cell, g, ..)| (cell, g));
         sc.cell_ranges.clear();
         let mut start = 0;
-        while start < sc.by_cell.len() {
-            let cell = sc.by_cell[start].0;
-            let end = start + sc.by_cell[start..].partition_point(|e| e.0 == cell);
-            sc.cell_ranges.insert(cell, (start as u32, end as u32));
+        for run in sc.by_cell.chunk_by(|a, b| a.0 == b.0) {
+            let end = start + run.len() as u32;
+            sc.cell_ranges.insert(run[0].0, (start, end));
             start = end;
         }
         let tick_buf = sc.shared.len();
