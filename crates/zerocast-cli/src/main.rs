@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use zerocast::{frame::Raw, Backend, Builder, Engine};
 use zerocast_servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
+use zerocast_world::cluster::{Cluster, ClusterConfig};
 use zerocast_world::World;
 
 mod demo;
@@ -143,6 +144,18 @@ pub struct WorldArgs {
     /// rate, the world delivers every second (third, ...) tick, moves conflated in between
     #[arg(long, default_value_t = 60_000)]
     pub max_writes_per_sec: u32,
+    /// Join other world processes in one world through the NATS server at URL (e.g.
+    /// nats://127.0.0.1:4222): players see and hear the players near them on every process.
+    /// An unreachable server is retried while the world plays on.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The world's name on the bus: processes with the same name are one world.
+    #[arg(long, value_name = "NAME", default_value = "world", requires = "nats")]
+    pub world_name: String,
+    /// Seconds of silence after which another process's players are forgotten (it was
+    /// killed or cut off); processes say they are alive every second.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0, requires = "nats")]
+    pub presence_timeout: f64,
 }
 
 impl WorldArgs {
@@ -170,6 +183,22 @@ impl WorldArgs {
             max_writes_per_sec: self.max_writes_per_sec,
             ..Default::default()
         })
+    }
+
+    /// The cluster settings, with `--nats`.
+    pub fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        let Some(url) = &self.nats else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            self.presence_timeout.is_finite() && self.presence_timeout > 1.0,
+            "--presence-timeout must be more than 1 second (the heartbeat)"
+        );
+        let mut c = ClusterConfig::new(url.clone(), self.world_name.clone());
+        c.timeout = Duration::from_secs_f64(self.presence_timeout);
+        c.check()
+            .map_err(|e| anyhow::anyhow!("--world-name: {e}"))?;
+        Ok(Some(c))
     }
 }
 
@@ -228,6 +257,8 @@ fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut extra: Option<metrics_http::Extra> = None;
+    // Kept until the server has stopped: dropping it says goodbye to the other processes.
+    let mut cluster: Option<Cluster> = None;
     let (engine, args) = match &cli.command {
         Command::Echo { server, raw } => {
             let b = server.builder(|b| b);
@@ -241,7 +272,16 @@ fn run() -> anyhow::Result<()> {
             (b.build(Broadcast::new())?, server)
         }
         Command::World { server, world } => {
-            let world = Arc::new(World::new(world.config()?));
+            let config = world.config()?;
+            let mut w = World::new(config.clone());
+            if let Some(c) = world.cluster()? {
+                let url = c.url.clone();
+                let joined = Cluster::start(c, &config)
+                    .with_context(|| format!("cannot join the cluster at {url}"))?;
+                w = w.clustered(&joined);
+                cluster = Some(joined);
+            }
+            let world = Arc::new(w);
             let w = world.clone();
             extra = Some(Arc::new(move || w.snapshot().rows()));
             let builder = server.builder(|b| world.configure(b));
@@ -250,7 +290,9 @@ fn run() -> anyhow::Result<()> {
         Command::Load(args) => return load::main(args),
         Command::Demo(args) => return demo::main(args),
     };
-    serve(engine, args, extra)
+    serve(engine, args, extra)?;
+    drop(cluster);
+    Ok(())
 }
 
 /// Listens, prints `listening on ADDR`, and runs until SIGINT or SIGTERM.

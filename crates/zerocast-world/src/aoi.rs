@@ -136,6 +136,21 @@ impl Cells {
         }
     }
 
+    /// The entities in `cell`, in no particular order.
+    pub fn members(&self, cell: Cell) -> &[EntityId] {
+        self.members.get(&cell).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every entity and where it is, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (EntityId, Seen)> + '_ {
+        self.entities.iter().map(|(&id, &s)| (id, s))
+    }
+
+    /// The cells with someone in them, in no particular order.
+    pub fn occupied(&self) -> impl Iterator<Item = Cell> + '_ {
+        self.members.keys().copied()
+    }
+
     /// Stamps the changes made from now on with `epoch` (a tick's number, say); epochs never
     /// go back.
     pub fn set_epoch(&mut self, epoch: u64) {

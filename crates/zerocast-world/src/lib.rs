@@ -6,9 +6,11 @@
 //! - [`rules`] and [`core`]: the game, sans-IO (who may move where; each tick's events laid
 //!   out per cell and delivered as slices);
 //! - [`World`]: the server, a [`zerocast::Handler`] running a shard of the world per worker;
+//! - [`cluster`]: one world across many processes and machines, through a NATS server;
 //! - [`lockorder`]: named mutexes whose acquisition order is checked in debug builds.
 
 pub mod aoi;
+pub mod cluster;
 pub mod core;
 pub mod lockorder;
 pub mod packets;

@@ -27,6 +27,8 @@ use zerocast::{
     Builder, CloseReason, Context, Fanout, Frame, Handler, Mail, SendBuffer, Session, Start, Tick,
 };
 
+use crate::cluster::BusLink as Link;
+use crate::cluster::{BusFigures, Cluster};
 use crate::core::{Core, Counts, Deliver, EntityId, Part, TickBatch};
 use crate::lockorder::OrderedMutex;
 use crate::packets::{goodbye, Attack, Chat, Goodbye, Join, Move, Ping};
@@ -48,6 +50,8 @@ pub struct WorldSnapshot {
     /// Ticks between deliveries now: 1 while the world is within its write budget
     /// ([`WorldConfig::max_writes_per_sec`]), more when it is over capacity.
     pub stride: u32,
+    /// The bus's figures, in a cluster ([`World::clustered`]).
+    pub bus: Option<BusFigures>,
 }
 
 impl WorldSnapshot {
@@ -57,7 +61,7 @@ impl WorldSnapshot {
         use zerocast::metrics::Kind::{Counter as C, Gauge as G};
         let c = &self.counts;
         let row = Row::whole;
-        vec![
+        let mut rows = vec![
             row("players", G, "Players in the world.", self.players as u64),
             row("joins", C, "Players joined.", c.joins),
             row("moves", C, "Moves accepted.", c.moves),
@@ -102,7 +106,26 @@ impl WorldSnapshot {
                 "Ticks between deliveries (1 within capacity; more when over it, moves conflated).",
                 u64::from(self.stride),
             ),
-        ]
+        ];
+        if let Some(b) = &self.bus {
+            rows.extend([
+                row("bus_connected", G, "1 while connected to the NATS server.", b.connected),
+                row("bus_published", C, "Messages published on the bus.", b.published),
+                row("bus_received", C, "Messages received from other world processes.", b.received),
+                row(
+                    "bus_dropped",
+                    C,
+                    "Messages dropped because a queue toward or from the bus was full (oldest first).",
+                    b.dropped,
+                ),
+                row("bus_unsent", C, "Messages not published because the bus was down.", b.unsent),
+                row("bus_bad", C, "Messages from the bus refused as malformed.", b.bad),
+                row("bus_nodes", G, "Other world processes heard from within the timeout.", b.nodes),
+                row("bus_remote_players", G, "Other processes' players known here.", b.remote_players),
+                row("bus_cells", G, "Area-of-interest cells subscribed to.", b.cells),
+            ]);
+        }
+        rows
     }
 }
 
@@ -154,6 +177,10 @@ struct Board {
 pub struct World {
     config: WorldConfig,
     board: Arc<OrderedMutex<Board>>,
+    /// The bus thread's side, in a cluster ([`World::clustered`]).
+    cluster: Option<Arc<Link>>,
+    /// The high 32 bits of this process's player ids (0 outside a cluster).
+    node: u64,
 }
 
 /// A worker's shard: the [`Handler::Worker`] state of the world.
@@ -258,8 +285,12 @@ impl ShardState {
         }
     }
 
-    fn handle(&mut self, session: &Session, frame: &Frame<'_>) -> Result<(), PacketError> {
-        let id = session.id().get();
+    fn handle(
+        &mut self,
+        id: EntityId,
+        session: &Session,
+        frame: &Frame<'_>,
+    ) -> Result<(), PacketError> {
         let payload = frame.payload();
         let now = Instant::now();
         let core = &mut self.core;
@@ -296,7 +327,25 @@ impl World {
                     plan,
                 },
             )),
+            cluster: None,
+            node: 0,
         }
+    }
+
+    /// This world as one process of a cluster: its players' ids carry the cluster's node
+    /// id, its ticks go to the other processes, and theirs come to its players
+    /// ([`crate::cluster`]). Keep the [`Cluster`] alive while the world runs.
+    pub fn clustered(mut self, cluster: &Cluster) -> Self {
+        let link = cluster.link();
+        self.node = u64::from(link.node());
+        self.cluster = Some(link);
+        self
+    }
+
+    /// The id of the player on `session`: the node id (0 outside a cluster) above the low 32
+    /// bits of the session id.
+    fn entity(&self, session: &Session) -> EntityId {
+        self.node << 32 | (session.id().get() & 0xFFFF_FFFF)
     }
 
     /// The settings.
@@ -321,6 +370,7 @@ impl World {
         let board = self.board.lock();
         let mut s = WorldSnapshot {
             stride: board.plan.next,
+            bus: self.cluster.as_ref().map(|l| l.figures()),
             ..WorldSnapshot::default()
         };
         for shard in &board.shards {
@@ -365,6 +415,9 @@ impl Handler for World {
                 board.shards.resize(start.workers, ShardStats::default());
             }
         }
+        if let Some(link) = &self.cluster {
+            link.started(&start.mail, start.workers);
+        }
         shard.0 = Some(ShardState {
             core: Core::new(self.config.clone(), start.index as u32),
             index: start.index,
@@ -384,7 +437,7 @@ impl Handler for World {
         let Some(st) = cx.worker.0.as_mut() else {
             return;
         };
-        if let Err(e) = st.handle(cx.session, &frame) {
+        if let Err(e) = st.handle(self.entity(cx.session), cx.session, &frame) {
             cx.session.close_for_packet(e);
         }
     }
@@ -393,7 +446,7 @@ impl Handler for World {
         let Some(st) = cx.worker.0.as_mut() else {
             return;
         };
-        let id = cx.session.id().get();
+        let id = self.entity(cx.session);
         if st.sessions.remove(&id).is_some() {
             st.core.leave(id);
             st.report();
@@ -413,6 +466,9 @@ impl Handler for World {
             st.deliver();
         }
         let own = Arc::new(st.core.end_tick(tick.number));
+        if let Some(link) = &self.cluster {
+            link.publish(own.clone());
+        }
         for to in (0..st.workers).filter(|&w| w != st.index) {
             st.mail.post(to, Box::new(own.clone()));
         }

@@ -1,0 +1,489 @@
+//! The bus thread: a small Tokio runtime of its own running the NATS client (`async-nats`),
+//! between the engine's workers and the [`Bridge`]. The workers hand it their tick batches
+//! through a bounded queue and a wake-up; it hands them what arrived through their
+//! [`Mail`]. Nothing here blocks a worker.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, Notify};
+
+use super::bridge::{Bridge, Effect, Topic};
+use super::ClusterConfig;
+use crate::aoi::Cell;
+use crate::core::TickBatch;
+use crate::rules::WorldConfig;
+use zerocast::Mail;
+
+/// The bus's figures, for the world's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusFigures {
+    /// 1 while connected to the NATS server.
+    pub connected: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Messages received from other processes.
+    pub received: u64,
+    /// Messages dropped because a queue toward or from the bus was full (the oldest go).
+    pub dropped: u64,
+    /// Messages not published because the bus was down.
+    pub unsent: u64,
+    /// Messages refused as malformed.
+    pub bad: u64,
+    /// Other processes heard from within the timeout.
+    pub nodes: u64,
+    /// Other processes' players known here.
+    pub remote_players: u64,
+    /// Cells subscribed to.
+    pub cells: u64,
+}
+
+#[derive(Default)]
+struct Figures {
+    connected: AtomicU64,
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    unsent: AtomicU64,
+    bad: AtomicU64,
+    nodes: AtomicU64,
+    remote_players: AtomicU64,
+    cells: AtomicU64,
+}
+
+/// A bounded queue that drops its oldest entry when full, with a wake-up.
+struct Queue<T> {
+    items: Mutex<VecDeque<T>>,
+    cap: usize,
+    wake: Notify,
+}
+
+impl<T> Queue<T> {
+    fn new(cap: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            cap,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Adds `item`; true if the oldest entry had to go.
+    fn push(&self, item: T) -> bool {
+        let dropped = {
+            let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let full = q.len() >= self.cap;
+            if full {
+                q.pop_front();
+            }
+            q.push_back(item);
+            full
+        };
+        self.wake.notify_one();
+        dropped
+    }
+
+    fn drain(&self) -> VecDeque<T> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What the world's shards and the bus thread share.
+pub(crate) struct Link {
+    node: u32,
+    to_bus: Queue<Arc<TickBatch>>,
+    mail: OnceLock<(Mail, usize)>,
+    started: Notify,
+    stop: AtomicBool,
+    figures: Figures,
+}
+
+impl Link {
+    /// This process's node id.
+    pub(crate) fn node(&self) -> u32 {
+        self.node
+    }
+
+    /// Called by each shard at its start: the bus thread posts to the shards with `mail`.
+    pub(crate) fn started(&self, mail: &Mail, workers: usize) {
+        if self.mail.set((mail.clone(), workers)).is_ok() {
+            self.started.notify_one();
+        }
+    }
+
+    /// A shard's tick batch, for the other processes.
+    pub(crate) fn publish(&self, batch: Arc<TickBatch>) {
+        if self.to_bus.push(batch) {
+            self.figures.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn figures(&self) -> BusFigures {
+        let f = &self.figures;
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        BusFigures {
+            connected: g(&f.connected),
+            published: g(&f.published),
+            received: g(&f.received),
+            dropped: g(&f.dropped),
+            unsent: g(&f.unsent),
+            bad: g(&f.bad),
+            nodes: g(&f.nodes),
+            remote_players: g(&f.remote_players),
+            cells: g(&f.cells),
+        }
+    }
+}
+
+/// A world process's membership of a cluster: the bus thread. Give it to
+/// [`World::clustered`](crate::World::clustered); dropping it (or [`shutdown`](Self::shutdown))
+/// says goodbye to the other processes and stops the thread.
+pub struct Cluster {
+    link: Arc<Link>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster {{ node: {:08x} }}", self.link.node)
+    }
+}
+
+impl Cluster {
+    /// Starts the bus thread for a world with `world`'s rules. It connects in the
+    /// background: a bus that cannot be reached now is retried (and logged) while the world
+    /// runs without it.
+    ///
+    /// # Errors
+    /// Invalid settings ([`ClusterConfig::check`]) or URL, or no thread.
+    pub fn start(config: ClusterConfig, world: &WorldConfig) -> io::Result<Self> {
+        config
+            .check()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let node = config.node.unwrap_or_else(random_node);
+        let link = Arc::new(Link {
+            node,
+            to_bus: Queue::new(config.queue),
+            mail: OnceLock::new(),
+            started: Notify::new(),
+            stop: AtomicBool::new(false),
+            figures: Figures::default(),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let cell_size = world.cell_size;
+        let thread = {
+            let link = link.clone();
+            std::thread::Builder::new()
+                .name("zerocast-bus".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    rt.block_on(run(link, config, cell_size, ready_tx));
+                })?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                link,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other("the bus thread ended at start"))
+            }
+        }
+    }
+
+    /// This process's node id (the high 32 bits of its players' ids).
+    pub fn node(&self) -> u32 {
+        self.link.node
+    }
+
+    /// The bus's figures now.
+    pub fn figures(&self) -> BusFigures {
+        self.link.figures()
+    }
+
+    pub(crate) fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+
+    /// Says goodbye to the other processes (they forget this one's players at once) and
+    /// stops the bus thread, waiting at most a second for the goodbye to go out.
+    pub fn shutdown(&mut self) {
+        self.link.stop.store(true, Relaxed);
+        self.link.to_bus.wake.notify_one();
+        self.link.started.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A nonzero node id from the standard library's random hasher keys, the time and the
+/// process id (no extra dependency for 32 random bits).
+fn random_node() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    let v = h.finish();
+    ((v ^ (v >> 32)) as u32).max(1)
+}
+
+fn subject(world: &str, topic: Topic) -> String {
+    match topic {
+        Topic::Cell((x, y)) => format!("zerocast.{world}.cell.{x}.{y}"),
+        Topic::Global => format!("zerocast.{world}.global"),
+        Topic::Control => format!("zerocast.{world}.control"),
+    }
+}
+
+/// Back-off between reconnection attempts: 100 ms doubling to 5 s.
+fn backoff(attempts: usize) -> Duration {
+    let exp = attempts.saturating_sub(1).min(6) as u32;
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
+}
+
+async fn run(
+    link: Arc<Link>,
+    config: ClusterConfig,
+    cell_size: f32,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) {
+    let node = link.node;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let warned = Arc::new(AtomicBool::new(false));
+    let url = config.url.clone();
+    let options = {
+        let warned = warned.clone();
+        async_nats::ConnectOptions::new()
+            .name(format!("zerocast-world {node:08x}"))
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .client_capacity(config.queue.max(64))
+            .subscription_capacity(config.queue.max(64))
+            .reconnect_delay_callback(move |attempts| {
+                if !warned.swap(true, Relaxed) {
+                    tracing::warn!(
+                        url = %url,
+                        "the bus is unreachable: local play goes on; reconnecting with back-off"
+                    );
+                }
+                backoff(attempts)
+            })
+            .event_callback(move |e| {
+                let tx = events_tx.clone();
+                async move {
+                    let _ = tx.send(e);
+                }
+            })
+    };
+    let client = match options.connect(config.url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot use the bus at {}: {e}", config.url),
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    tracing::info!(node = format!("{node:08x}"), world = %config.world, url = %config.url, "joining the world's cluster");
+    // The shards start after the engine is built: wait for their mail.
+    let (mail, workers) = loop {
+        if let Some(m) = link.mail.get() {
+            break m.clone();
+        }
+        if link.stop.load(Relaxed) {
+            return;
+        }
+        link.started.notified().await;
+    };
+    let mut bridge = Bridge::new(node, workers, cell_size, config.timeout);
+    let (in_tx, mut inbound) = mpsc::channel::<(Topic, Bytes)>(config.queue);
+    let out = Arc::new(Queue::<(Topic, Bytes)>::new(config.queue));
+    let publisher = tokio::spawn(publish_loop(
+        client.clone(),
+        out.clone(),
+        link.clone(),
+        config.world.clone(),
+    ));
+    let mut subs: FxHashMap<Cell, tokio::task::JoinHandle<()>> = FxHashMap::default();
+    let mut fixed = Vec::new();
+    for topic in [Topic::Control, Topic::Global] {
+        if let Some(h) = subscribe(&client, &config.world, topic, &in_tx, &link).await {
+            fixed.push(h);
+        }
+    }
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut effects = Vec::new();
+    let mut was_connected = false;
+    loop {
+        tokio::select! {
+            () = link.to_bus.wake.notified() => {
+                for b in link.to_bus.drain() {
+                    bridge.local(b, &mut effects);
+                }
+            }
+            Some((topic, bytes)) = inbound.recv() => {
+                let now = Instant::now();
+                bridge.remote(topic, &bytes, now, &mut effects);
+                // Take what else is waiting in one go: one batch for the shards.
+                for _ in 0..4096 {
+                    match inbound.try_recv() {
+                        Ok((topic, bytes)) => bridge.remote(topic, &bytes, now, &mut effects),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = heartbeat.tick() => bridge.heartbeat(Instant::now(), &mut effects),
+            Some(event) = events.recv() => match event {
+                async_nats::Event::Connected => {
+                    warned.store(false, Relaxed);
+                    tracing::info!(url = %config.url, "connected to the bus");
+                    bridge.reconnected(&mut effects);
+                }
+                async_nats::Event::Disconnected => {
+                    if was_connected {
+                        tracing::warn!(url = %config.url, "lost the bus: local play goes on; reconnecting");
+                    }
+                }
+                other => tracing::debug!(event = %other, "bus event"),
+            },
+        }
+        let connected = client.connection_state() == State::Connected;
+        was_connected = connected;
+        link.figures.connected.store(u64::from(connected), Relaxed);
+        for e in effects.drain(..) {
+            match e {
+                Effect::Publish(topic, bytes) => {
+                    if out.push((topic, bytes)) {
+                        link.figures.dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                Effect::Subscribe(cell) => {
+                    let topic = Topic::Cell(cell);
+                    if let Some(h) = subscribe(&client, &config.world, topic, &in_tx, &link).await {
+                        if let Some(old) = subs.insert(cell, h) {
+                            old.abort();
+                        }
+                    }
+                }
+                Effect::Unsubscribe(cell) => {
+                    if let Some(h) = subs.remove(&cell) {
+                        // Dropping the subscriber unsubscribes.
+                        h.abort();
+                    }
+                }
+                Effect::Note(line) => tracing::info!("{line}"),
+            }
+        }
+        if let Some(batch) = bridge.take() {
+            let batch = Arc::new(batch);
+            for w in 0..workers {
+                mail.post(w, Box::new(batch.clone()));
+            }
+        }
+        let c = bridge.counts();
+        let f = &link.figures;
+        f.received.store(c.received, Relaxed);
+        f.bad.store(c.bad, Relaxed);
+        f.nodes.store(c.nodes, Relaxed);
+        f.remote_players.store(c.remote_players, Relaxed);
+        f.cells.store(c.cells, Relaxed);
+        if link.stop.load(Relaxed) {
+            break;
+        }
+    }
+    // Goodbye: the others forget this process's players now rather than at the timeout.
+    if let Effect::Publish(topic, bytes) = bridge.bye() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = client.publish(subject(&config.world, topic), bytes).await;
+            let _ = client.flush().await;
+        })
+        .await;
+    }
+    publisher.abort();
+    for h in subs.into_values().chain(fixed) {
+        h.abort();
+    }
+}
+
+/// Subscribes to `topic` and forwards what arrives to the bridge (dropping and counting when
+/// its queue is full).
+async fn subscribe(
+    client: &async_nats::Client,
+    world: &str,
+    topic: Topic,
+    to: &mpsc::Sender<(Topic, Bytes)>,
+    link: &Arc<Link>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut sub = match client.subscribe(subject(world, topic)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(?topic, error = %e, "cannot subscribe");
+            return None;
+        }
+    };
+    let to = to.clone();
+    let link = link.clone();
+    Some(tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if to.try_send((topic, m.payload)).is_err() {
+                link.figures.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }))
+}
+
+/// Publishes what the bridge queued, in order; while the bus is down nothing is buffered
+/// (it would be stale when the bus returns): it is counted as unsent.
+async fn publish_loop(
+    client: async_nats::Client,
+    out: Arc<Queue<(Topic, Bytes)>>,
+    link: Arc<Link>,
+    world: String,
+) {
+    loop {
+        out.wake.notified().await;
+        for (topic, bytes) in out.drain() {
+            if client.connection_state() != State::Connected {
+                link.figures.unsent.fetch_add(1, Relaxed);
+                continue;
+            }
+            match client.publish(subject(&world, topic), bytes).await {
+                Ok(()) => link.figures.published.fetch_add(1, Relaxed),
+                Err(_) => link.figures.unsent.fetch_add(1, Relaxed),
+            };
+        }
+    }
+}
