@@ -34,9 +34,10 @@ pub struct LoadArgs {
     /// What to run.
     #[arg(value_enum)]
     scenario: ScenarioArg,
-    /// Server address.
-    #[arg(long)]
-    target: SocketAddr,
+    /// Server address; several, comma-separated, spread the connections over them round
+    /// robin (the processes of one clustered world).
+    #[arg(long, value_delimiter = ',', num_args = 1.., required = true)]
+    target: Vec<SocketAddr>,
     /// Connections to open.
     #[arg(long, short = 'c', default_value_t = 100)]
     connections: usize,
@@ -123,7 +124,8 @@ impl LoadArgs {
 
     fn config(&self) -> anyhow::Result<LoadConfig> {
         let n = self.connections;
-        let mut cfg = LoadConfig::new(self.scenario(), self.target, n);
+        let mut cfg = LoadConfig::new(self.scenario(), self.target[0], n);
+        cfg.more_targets = self.target[1..].to_vec();
         cfg.size = self.size;
         cfg.pace = match (self.scenario, self.rate) {
             (ScenarioArg::Broadcast | ScenarioArg::World, _) => Pace::Rate {
@@ -140,7 +142,7 @@ impl LoadArgs {
             .sources
             .unwrap_or_else(|| zerocast_load::sources_needed(n));
         cfg.sources =
-            zerocast_load::loopback_sources(self.target, sources, self.shard.unwrap_or(0));
+            zerocast_load::loopback_sources(self.target[0], sources, self.shard.unwrap_or(0));
         cfg.warmup = Self::secs("warmup", self.warmup)?;
         cfg.duration = Self::secs("duration", self.duration)?;
         cfg.drain = Self::secs("drain", self.drain)?;
@@ -155,6 +157,7 @@ impl LoadArgs {
 
     /// The arguments that make a child process run `connections` of this load as shard `k`.
     fn shard_args(&self, k: u8, connections: usize, share: f64) -> Vec<String> {
+        let targets: Vec<String> = self.target.iter().map(ToString::to_string).collect();
         let scenario = self
             .scenario
             .to_possible_value()
@@ -164,7 +167,7 @@ impl LoadArgs {
         let mut a = vec![
             "load".into(),
             scenario,
-            format!("--target={}", self.target),
+            format!("--target={}", targets.join(",")),
             format!("--connections={connections}"),
             format!("--size={}", self.size),
             format!("--depth={}", self.depth),

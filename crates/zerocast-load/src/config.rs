@@ -58,6 +58,9 @@ pub struct LoadConfig {
     pub scenario: Scenario,
     /// The server.
     pub target: SocketAddr,
+    /// More servers (processes of one clustered world, say): connection `i` goes to the
+    /// `i`-th of `target` and these, round robin.
+    pub more_targets: Vec<SocketAddr>,
     /// Connections to open.
     pub connections: usize,
     /// Message size on the wire in bytes, header included (framed) or raw bytes.
@@ -101,12 +104,31 @@ pub const MIN_FRAMED_SIZE: usize = zerocast::frame::HEADER_LEN + 8;
 pub const CONNECTIONS_PER_SOURCE: usize = 10_000;
 
 impl LoadConfig {
+    /// Where connection `i` goes (see [`more_targets`](Self::more_targets)).
+    pub fn target_of(&self, i: usize) -> SocketAddr {
+        match i % (1 + self.more_targets.len()) {
+            0 => self.target,
+            k => self.more_targets[k - 1],
+        }
+    }
+
+    /// The targets, comma-separated (for reports).
+    pub fn targets_label(&self) -> String {
+        let mut s = self.target.to_string();
+        for t in &self.more_targets {
+            s.push(',');
+            s.push_str(&t.to_string());
+        }
+        s
+    }
+
     /// A run with defaults: 1 closed-loop message in flight per connection, 64-byte messages,
     /// ramp 5,000 connections/s, 1 s warm-up, 10 s window, one worker.
     pub fn new(scenario: Scenario, target: SocketAddr, connections: usize) -> Self {
         Self {
             scenario,
             target,
+            more_targets: Vec::new(),
             connections,
             size: 64,
             pace: Pace::Closed { depth: 1 },

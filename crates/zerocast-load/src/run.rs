@@ -152,7 +152,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
     for i in 0..cfg.connections {
         sleep_until(ramp_start + (i as f64 * 1e9 / cfg.ramp) as u64);
         let source = (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
-        match engine.connect_from(cfg.target, source) {
+        match engine.connect_from(cfg.target_of(i), source) {
             Ok(s) => sessions.push(s),
             Err(e) => {
                 connect_errors += 1;
@@ -169,7 +169,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         let e = connect_error.expect("no session means a connect error");
         return Err(io::Error::new(
             e.kind(),
-            format!("no connection to {} could be opened: {e}", cfg.target),
+            format!("no connection to {} could be opened: {e}", cfg.targets_label()),
         ));
     }
     let connect_error = connect_error.map(|e| e.to_string());
@@ -243,7 +243,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         let received = stats.received_in_window.get() as u64;
         Report {
             scenario: cfg.scenario.name().into(),
-            target: cfg.target.to_string(),
+            target: cfg.targets_label(),
             connections: cfg.connections,
             connected: stats.connected.get() as u64,
             connect_errors,
