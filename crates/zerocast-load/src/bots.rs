@@ -140,12 +140,14 @@ impl Bot {
     }
 
     /// The next step of the walk, `dt` seconds after the last: turn a little, walk, turn
-    /// back at the world's edge.
+    /// back at the world's edge. A bot that moves less than once a second walks for a second
+    /// and then stands until its next move (the server's allowance holds about a second of
+    /// movement at its speed limit).
     fn step(&mut self, dt: f32) -> [f32; 3] {
         let turn = (self.next_random() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         let r = self.rules;
         self.heading += turn;
-        let d = r.speed * dt;
+        let d = r.speed * dt.min(1.0);
         let (mut x, mut y) = (
             self.pos[0] + d * self.heading.cos(),
             self.pos[1] + d * self.heading.sin(),

@@ -302,9 +302,11 @@ impl Bridge {
                 }
                 if let (Topic::Cell(cell), true) = (topic, m.count > 0) {
                     if self.sees(cell) {
+                        // Copied (tens of bytes): a slice would keep the NATS client's whole
+                        // read buffer alive for as long as the shards keep the tick.
                         self.inbound.cells.push(CellEvents {
                             cell,
-                            buf: SendBuffer::from(m.frames),
+                            buf: SendBuffer::from(Bytes::copy_from_slice(&m.frames)),
                             count: m.count,
                         });
                     }
