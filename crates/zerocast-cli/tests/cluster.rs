@@ -122,7 +122,8 @@ impl Process {
             "--presence-timeout",
             "3",
         ];
-        let (child, lines) = start_printing(&args, Stdio::null(), &["listening on ", "metrics on "]);
+        let (child, lines) =
+            start_printing(&args, Stdio::null(), &["listening on ", "metrics on "]);
         Self {
             child,
             addr: lines[0].parse().unwrap(),
@@ -218,7 +219,9 @@ impl Player {
         };
         self.s.write_all(&line.encode().unwrap()).unwrap();
         // A heartbeat, so that a quiet test player is not closed for idling.
-        self.s.write_all(&Ping { nonce: 0.into() }.encode()).unwrap();
+        self.s
+            .write_all(&Ping { nonce: 0.into() }.encode())
+            .unwrap();
     }
 
     /// `(x, y)` of every `Moved` received from `from`.
@@ -301,7 +304,10 @@ fn three_processes_share_one_world_by_area_of_interest() {
     // a at (150, 150); b one cell east (in range); c far away.
     let (ax, ay, bx, by, cx, cy) = (150.0, 150.0, 250.0, 150.0, 850.0, 850.0);
     assert!(wait_until(WAIT, || {
-        pace(&mut [(&mut pa, ax, ay), (&mut pb, bx, by), (&mut pc, cx, cy)], 4);
+        pace(
+            &mut [(&mut pa, ax, ay), (&mut pb, bx, by), (&mut pc, cx, cy)],
+            4,
+        );
         pa.moves_of(pb.id).len() >= 20 && pb.moves_of(pa.id).len() >= 20
     }));
     assert!(!pa.seen().contains(&pc.id), "a never hears of c");
@@ -354,13 +360,16 @@ fn the_bus_stopped_and_restarted_stops_only_what_crosses_it() {
         pa.moves_of(pb.id).len() >= 10
     }));
     nats.stop();
-    assert!(wait_until(WAIT, || a.figure("zerocast_world_bus_connected") == 0.0));
+    assert!(wait_until(WAIT, || a
+        .figure("zerocast_world_bus_connected")
+        == 0.0));
     // Local play goes on: a still sees its neighbour on the same process.
     let before = pa.moves_of(pa2.id).len();
     let rss = a.rss_kib();
     assert!(wait_until(WAIT, || {
         walk(&mut pa, &mut pa2, &mut pb, 4);
-        pa.moves_of(pa2.id).len() >= before + 40 && a.figure("zerocast_world_bus_unsent_total") > 40.0
+        pa.moves_of(pa2.id).len() >= before + 40
+            && a.figure("zerocast_world_bus_unsent_total") > 40.0
     }));
     // Nothing piles up toward the absent bus (the queues are bounded, and nothing is kept
     // for it while it is down).
@@ -408,7 +417,10 @@ fn a_killed_process_s_players_vanish_and_the_others_play_on() {
     // b's player leaves a's view once b's silence passes the presence timeout (3 s).
     assert!(wait_until(WAIT, || {
         let (x, y) = places[0];
-        pace(&mut [(&mut pa, x, y), (&mut pc, places[2].0, places[2].1)], 4);
+        pace(
+            &mut [(&mut pa, x, y), (&mut pc, places[2].0, places[2].1)],
+            4,
+        );
         pa.left(pb.id) && pc.left(pb.id)
     }));
     assert!(wait_until(WAIT, || a.figure("zerocast_world_bus_nodes") == 1.0));

@@ -169,7 +169,10 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         let e = connect_error.expect("no session means a connect error");
         return Err(io::Error::new(
             e.kind(),
-            format!("no connection to {} could be opened: {e}", cfg.targets_label()),
+            format!(
+                "no connection to {} could be opened: {e}",
+                cfg.targets_label()
+            ),
         ));
     }
     let connect_error = connect_error.map(|e| e.to_string());

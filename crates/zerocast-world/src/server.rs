@@ -122,7 +122,19 @@ impl WorldSnapshot {
                 row("bus_bad", C, "Messages from the bus refused as malformed.", b.bad),
                 row("bus_nodes", G, "Other world processes heard from within the timeout.", b.nodes),
                 row("bus_remote_players", G, "Other processes' players known here.", b.remote_players),
-                row("bus_cells", G, "Area-of-interest cells subscribed to.", b.cells),
+                row("bus_cells", G, "Area-of-interest cells this process's players see.", b.cells),
+                row(
+                    "bus_subscriptions",
+                    G,
+                    "Bus subscriptions: a cell's, or one for a whole region where most of it is seen.",
+                    b.subscriptions,
+                ),
+                row(
+                    "bus_duplicates",
+                    C,
+                    "Messages that came through two subscriptions and were used once.",
+                    b.duplicates,
+                ),
             ]);
         }
         rows

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
-use super::wire::{self, Kind, WireError, MAX_RECORDS};
+use super::wire::{self, Kind, Origin, WireError, MAX_RECORDS};
 use crate::aoi::{around, Cell, Cells, EntityId};
 use crate::core::{CellEvents, TickBatch};
 use zerocast::SendBuffer;
@@ -36,15 +36,49 @@ pub enum Topic {
     Control,
 }
 
+/// Which subscription a message came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// A cell's or a region's.
+    Cells,
+    /// Global chat's.
+    Global,
+    /// The control subject's.
+    Control,
+}
+
+/// Cells are grouped in square regions this many cells wide: a process that sees most of a
+/// region subscribes to the whole region with one wildcard rather than cell by cell.
+pub const REGION: i32 = 8;
+/// A region is subscribed whole from this many wanted cells (half of it) ...
+const WHOLE_FROM: u32 = (REGION * REGION / 2) as u32;
+/// ... and cell by cell again below this many (a margin, so that a player pacing at the
+/// threshold does not flip it every tick).
+const CELLS_BELOW: u32 = WHOLE_FROM / 2;
+
+/// The region holding `cell`.
+pub fn region_of((x, y): Cell) -> Cell {
+    (x.div_euclid(REGION), y.div_euclid(REGION))
+}
+
+/// A subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sub {
+    /// One cell's subject.
+    Cell(Cell),
+    /// Every cell of a region (see [`REGION`]).
+    Region(Cell),
+}
+
 /// What the bridge asks the bus to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish these bytes.
     Publish(Topic, Bytes),
-    /// Start receiving a cell's messages.
-    Subscribe(Cell),
-    /// Stop receiving a cell's messages.
-    Unsubscribe(Cell),
+    /// Start receiving a cell's (or a region's) messages.
+    Subscribe(Sub),
+    /// Stop receiving them.
+    Unsubscribe(Sub),
     /// Log a line (at info): a process joined or went silent.
     Note(String),
 }
@@ -60,8 +94,60 @@ pub struct BridgeCounts {
     pub nodes: u64,
     /// Other processes' players known (in the cells this process's players see).
     pub remote_players: u64,
-    /// Cells subscribed to.
+    /// Cells this process's players see.
     pub cells: u64,
+    /// Subscriptions to cells and regions.
+    pub subscriptions: u64,
+    /// Messages received twice (through a cell's and its region's subscription) and used
+    /// once, or older than the last 1,024 of their sender's.
+    pub duplicates: u64,
+}
+
+/// The last [`SeqWindow::SPAN`] message numbers seen from one process.
+#[derive(Default)]
+struct SeqWindow {
+    max: u64,
+    bits: [u64; 16],
+}
+
+impl SeqWindow {
+    const SPAN: u64 = 1024;
+
+    fn bit(seq: u64) -> (usize, u64) {
+        (((seq / 64) % 16) as usize, 1u64 << (seq % 64))
+    }
+
+    /// True the first time `seq` is seen (within the window).
+    fn first(&mut self, seq: u64) -> bool {
+        if seq > self.max {
+            if seq - self.max >= Self::SPAN {
+                self.bits = [0; 16];
+            } else {
+                for s in self.max + 1..seq {
+                    let (w, b) = Self::bit(s);
+                    self.bits[w] &= !b;
+                }
+            }
+            self.max = seq;
+            let (w, b) = Self::bit(seq);
+            self.bits[w] |= b;
+            return true;
+        }
+        if self.max - seq >= Self::SPAN {
+            return false;
+        }
+        let (w, b) = Self::bit(seq);
+        let new = self.bits[w] & b == 0;
+        self.bits[w] |= b;
+        new
+    }
+}
+
+/// A region's wanted cells, and whether it is subscribed whole.
+#[derive(Default, Clone, Copy)]
+struct RegionState {
+    wanted: u32,
+    whole: bool,
 }
 
 /// What arrived since the shards were last handed a batch: the latest state of each remote
@@ -83,8 +169,15 @@ pub struct Bridge {
     pending: BTreeMap<u64, Vec<Arc<TickBatch>>>,
     /// This process's players.
     local: Cells,
-    /// How many of this process's players see each cell (the cells subscribed to).
+    /// How many of this process's players see each cell.
     interest: FxHashMap<Cell, u32>,
+    /// How the cells seen are subscribed to, by region.
+    regions: FxHashMap<Cell, RegionState>,
+    subscriptions: u64,
+    /// This process's next message number.
+    seq: u64,
+    /// The message numbers seen from each other process.
+    seen: FxHashMap<u32, SeqWindow>,
     /// Other processes' players in those cells, as the shards were told.
     remote: Cells,
     /// When each other process was last heard from.
@@ -105,6 +198,10 @@ impl Bridge {
             pending: BTreeMap::new(),
             local: Cells::new(cell_size),
             interest: FxHashMap::default(),
+            regions: FxHashMap::default(),
+            subscriptions: 0,
+            seq: 0,
+            seen: FxHashMap::default(),
             remote: Cells::new(cell_size),
             nodes: FxHashMap::default(),
             inbound: Inbound::default(),
@@ -119,7 +216,17 @@ impl Bridge {
             nodes: self.nodes.len() as u64,
             remote_players: self.remote.len() as u64,
             cells: self.interest.len() as u64,
+            subscriptions: self.subscriptions,
             ..self.counts
+        }
+    }
+
+    /// The origin of this process's next message.
+    fn origin(&mut self) -> Origin {
+        self.seq += 1;
+        Origin {
+            node: self.node,
+            seq: self.seq,
         }
     }
 
@@ -194,26 +301,85 @@ impl Bridge {
             }
         }
         for (cell, c) in cells {
+            let from = self.origin();
             out.push(Effect::Publish(
                 Topic::Cell(cell),
-                wire::events(self.node, &c.players, &c.gone, &c.frames),
+                wire::events(from, cell, &c.players, &c.gone, &c.frames),
             ));
         }
         if !global.is_empty() {
-            out.push(Effect::Publish(
-                Topic::Global,
-                wire::global(self.node, &global),
-            ));
+            let from = self.origin();
+            out.push(Effect::Publish(Topic::Global, wire::global(from, &global)));
         }
         self.want(&gained, out);
     }
 
-    fn want(&self, cells: &[Cell], out: &mut Vec<Effect>) {
+    fn want(&mut self, cells: &[Cell], out: &mut Vec<Effect>) {
         for chunk in cells.chunks(MAX_RECORDS) {
-            out.push(Effect::Publish(
-                Topic::Control,
-                wire::want(self.node, chunk),
-            ));
+            let from = self.origin();
+            out.push(Effect::Publish(Topic::Control, wire::want(from, chunk)));
+        }
+    }
+
+    fn subscribe(&mut self, sub: Sub, out: &mut Vec<Effect>) {
+        self.subscriptions += 1;
+        out.push(Effect::Subscribe(sub));
+    }
+
+    fn unsubscribe(&mut self, sub: Sub, out: &mut Vec<Effect>) {
+        self.subscriptions -= 1;
+        out.push(Effect::Unsubscribe(sub));
+    }
+
+    /// The wanted cells of region `r`.
+    fn wanted_in(&self, r: Cell) -> Vec<Cell> {
+        let (x0, y0) = (r.0 * REGION, r.1 * REGION);
+        (0..REGION)
+            .flat_map(|dx| (0..REGION).map(move |dy| (x0 + dx, y0 + dy)))
+            .filter(|c| self.interest.contains_key(c))
+            .collect()
+    }
+
+    /// Cell `c` is newly seen: subscribe to it, or to its whole region once most of the
+    /// region is seen (the new subscription first, then the old ones go: no gap; what
+    /// arrives twice meanwhile is used once).
+    fn cell_gained(&mut self, c: Cell, out: &mut Vec<Effect>) {
+        let r = region_of(c);
+        let mut st = self.regions.get(&r).copied().unwrap_or_default();
+        st.wanted += 1;
+        if st.whole {
+        } else if st.wanted >= WHOLE_FROM {
+            st.whole = true;
+            self.subscribe(Sub::Region(r), out);
+            for old in self.wanted_in(r).into_iter().filter(|&o| o != c) {
+                self.unsubscribe(Sub::Cell(old), out);
+            }
+        } else {
+            self.subscribe(Sub::Cell(c), out);
+        }
+        self.regions.insert(r, st);
+    }
+
+    /// Cell `c` is no longer seen (already out of `interest`).
+    fn cell_lost(&mut self, c: Cell, out: &mut Vec<Effect>) {
+        let r = region_of(c);
+        let Some(mut st) = self.regions.get(&r).copied() else {
+            return;
+        };
+        st.wanted = st.wanted.saturating_sub(1);
+        if !st.whole {
+            self.unsubscribe(Sub::Cell(c), out);
+        } else if st.wanted < CELLS_BELOW {
+            st.whole = false;
+            for keep in self.wanted_in(r) {
+                self.subscribe(Sub::Cell(keep), out);
+            }
+            self.unsubscribe(Sub::Region(r), out);
+        }
+        if st.wanted == 0 {
+            self.regions.remove(&r);
+        } else {
+            self.regions.insert(r, st);
         }
     }
 
@@ -223,7 +389,7 @@ impl Bridge {
             let n = self.interest.entry(c).or_insert(0);
             *n += 1;
             if *n == 1 {
-                out.push(Effect::Subscribe(c));
+                self.cell_gained(c, out);
                 gained.push(c);
             }
         }
@@ -237,7 +403,7 @@ impl Bridge {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {
                     e.remove();
-                    out.push(Effect::Unsubscribe(c));
+                    self.cell_lost(c, out);
                     for id in self.remote.members(c).to_vec() {
                         self.remote_gone(id);
                     }
@@ -262,8 +428,8 @@ impl Bridge {
         }
     }
 
-    /// A message received on `topic` at `now`.
-    pub fn remote(&mut self, topic: Topic, bytes: &Bytes, now: Instant, out: &mut Vec<Effect>) {
+    /// A message received through `route` at `now`.
+    pub fn remote(&mut self, route: Route, bytes: &Bytes, now: Instant, out: &mut Vec<Effect>) {
         let m = match wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -278,14 +444,18 @@ impl Bridge {
         // Another process's players carry its node in their ids: anything else is refused.
         let foreign = |id: &EntityId| node_of(*id) != m.node;
         let misplaced = !matches!(
-            (m.kind, topic),
-            (Kind::Events | Kind::Presence, Topic::Cell(_))
-                | (Kind::Global, Topic::Global)
-                | (Kind::Heartbeat | Kind::Bye | Kind::Want, Topic::Control)
+            (m.kind, route),
+            (Kind::Events | Kind::Presence, Route::Cells)
+                | (Kind::Global, Route::Global)
+                | (Kind::Heartbeat | Kind::Bye | Kind::Want, Route::Control)
         );
         if misplaced || m.players.iter().map(|p| &p.0).any(foreign) || m.gone.iter().any(foreign) {
             self.counts.bad += 1;
             self.last_error = Some(WireError::Invalid);
+            return;
+        }
+        if !self.seen.entry(m.node).or_default().first(m.seq) {
+            self.counts.duplicates += 1;
             return;
         }
         self.counts.received += 1;
@@ -300,16 +470,15 @@ impl Bridge {
                 for &id in &m.gone {
                     self.remote_gone(id);
                 }
-                if let (Topic::Cell(cell), true) = (topic, m.count > 0) {
-                    if self.sees(cell) {
-                        // Copied (tens of bytes): a slice would keep the NATS client's whole
-                        // read buffer alive for as long as the shards keep the tick.
-                        self.inbound.cells.push(CellEvents {
-                            cell,
-                            buf: SendBuffer::from(Bytes::copy_from_slice(&m.frames)),
-                            count: m.count,
-                        });
-                    }
+                let cell = m.cell;
+                if m.count > 0 && self.sees(cell) {
+                    // Copied (tens of bytes): a slice would keep the NATS client's whole
+                    // read buffer alive for as long as the shards keep the tick.
+                    self.inbound.cells.push(CellEvents {
+                        cell,
+                        buf: SendBuffer::from(Bytes::copy_from_slice(&m.frames)),
+                        count: m.count,
+                    });
                 }
             }
             Kind::Global => {
@@ -330,7 +499,7 @@ impl Bridge {
     }
 
     /// Publishes where this process's players in `cell` are, if it has any there.
-    fn presence(&self, cell: Cell, out: &mut Vec<Effect>) {
+    fn presence(&mut self, cell: Cell, out: &mut Vec<Effect>) {
         let ids = self.local.members(cell);
         if ids.is_empty() {
             return;
@@ -340,15 +509,17 @@ impl Bridge {
             .filter_map(|&id| Some((id, self.local.get(id)?.pos)))
             .collect();
         for chunk in players.chunks(MAX_RECORDS) {
+            let from = self.origin();
             out.push(Effect::Publish(
                 Topic::Cell(cell),
-                wire::presence(self.node, chunk),
+                wire::presence(from, cell, chunk),
             ));
         }
     }
 
     fn forget_node(&mut self, node: u32) {
         self.nodes.remove(&node);
+        self.seen.remove(&node);
         let ids: Vec<EntityId> = self
             .remote
             .iter()
@@ -363,9 +534,10 @@ impl Bridge {
     /// Every heartbeat period: says this process is alive, and forgets the processes not
     /// heard from within the timeout (their players leave the others' views).
     pub fn heartbeat(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let from = self.origin();
         out.push(Effect::Publish(
             Topic::Control,
-            wire::signal(self.node, Kind::Heartbeat),
+            wire::signal(from, Kind::Heartbeat),
         ));
         let silent: Vec<u32> = self
             .nodes
@@ -385,9 +557,10 @@ impl Bridge {
     /// The bus is back (or connected for the first time): ask who is in every cell this
     /// process sees, and say where its own players are.
     pub fn reconnected(&mut self, out: &mut Vec<Effect>) {
+        let from = self.origin();
         out.push(Effect::Publish(
             Topic::Control,
-            wire::signal(self.node, Kind::Heartbeat),
+            wire::signal(from, Kind::Heartbeat),
         ));
         let cells: Vec<Cell> = self.interest.keys().copied().collect();
         self.want(&cells, out);
@@ -398,8 +571,9 @@ impl Bridge {
     }
 
     /// This process is leaving: the others forget its players at once.
-    pub fn bye(&self) -> Effect {
-        Effect::Publish(Topic::Control, wire::signal(self.node, Kind::Bye))
+    pub fn bye(&mut self) -> Effect {
+        let from = self.origin();
+        Effect::Publish(Topic::Control, wire::signal(from, Kind::Bye))
     }
 
     /// What arrived since the last call, as a batch for the shards ([`REMOTE_SHARD`], tick
@@ -437,6 +611,11 @@ mod tests {
     const A: u32 = 1;
     const B: u32 = 2;
 
+    /// Message `seq` of process B.
+    fn from_b(seq: u64) -> Origin {
+        Origin { node: B, seq }
+    }
+
     fn id(node: u32, n: u64) -> EntityId {
         u64::from(node) << 32 | n
     }
@@ -455,7 +634,7 @@ mod tests {
         let mut v: Vec<Cell> = out
             .iter()
             .filter_map(|e| match e {
-                Effect::Subscribe(c) => Some(*c),
+                Effect::Subscribe(Sub::Cell(c)) => Some(*c),
                 _ => None,
             })
             .collect();
@@ -535,10 +714,16 @@ mod tests {
             tick(1, vec![(id(A, 1), [150.0, 150.0, 0.0])], vec![]),
             &mut out,
         );
-        let near = wire::presence(B, &[(id(B, 7), [250.0, 250.0, 0.0])]);
-        b.remote(Topic::Cell((2, 2)), &near, t0, &mut out);
-        let far = wire::events(B, &[(id(B, 8), [950.0, 950.0, 0.0])], &[], &[]);
-        b.remote(Topic::Cell((9, 9)), &far, t0, &mut out);
+        let near = wire::presence(from_b(1), (2, 2), &[(id(B, 7), [250.0, 250.0, 0.0])]);
+        b.remote(Route::Cells, &near, t0, &mut out);
+        let far = wire::events(
+            from_b(2),
+            (9, 9),
+            &[(id(B, 8), [950.0, 950.0, 0.0])],
+            &[],
+            &[],
+        );
+        b.remote(Route::Cells, &far, t0, &mut out);
         let got = b.take().unwrap();
         assert_eq!(got.positions, vec![(id(B, 7), [250.0, 250.0, 0.0])]);
         assert!(got.left.is_empty());
@@ -561,8 +746,8 @@ mod tests {
             tick(1, vec![(id(A, 1), [150.0, 150.0, 0.0])], vec![]),
             &mut out,
         );
-        let there = wire::presence(B, &[(id(B, 7), [50.0, 50.0, 0.0])]);
-        b.remote(Topic::Cell((0, 0)), &there, t0, &mut out);
+        let there = wire::presence(from_b(1), (0, 0), &[(id(B, 7), [50.0, 50.0, 0.0])]);
+        b.remote(Route::Cells, &there, t0, &mut out);
         b.take();
         out.clear();
         b.local(
@@ -571,7 +756,7 @@ mod tests {
         );
         let unsubscribed = out
             .iter()
-            .filter(|e| matches!(e, Effect::Unsubscribe(_)))
+            .filter(|e| matches!(e, Effect::Unsubscribe(Sub::Cell(_))))
             .count();
         assert_eq!(unsubscribed, 9);
         assert_eq!(b.take().unwrap().left, vec![id(B, 7)]);
@@ -594,26 +779,108 @@ mod tests {
             &mut out,
         );
         out.clear();
-        b.remote(
-            Topic::Control,
-            &wire::want(B, &[(1, 1), (7, 7)]),
-            t0,
-            &mut out,
-        );
+        let want = wire::want(from_b(1), &[(1, 1), (7, 7)]);
+        b.remote(Route::Control, &want, t0, &mut out);
         let p = published(&out);
         assert_eq!(p.len(), 1, "only the occupied cell is answered");
         assert_eq!(p[0].0, Topic::Cell((1, 1)));
         assert_eq!(p[0].1.kind, Kind::Presence);
         // Garbage, a player of another node, a message on the wrong subject.
-        b.remote(
-            Topic::Cell((1, 1)),
-            &Bytes::from_static(b"hello"),
-            t0,
-            &mut out,
-        );
-        let stolen = wire::presence(B, &[(id(A, 9), [150.0, 150.0, 0.0])]);
-        b.remote(Topic::Cell((1, 1)), &stolen, t0, &mut out);
-        b.remote(Topic::Global, &wire::want(B, &[]), t0, &mut out);
+        b.remote(Route::Cells, &Bytes::from_static(b"hello"), t0, &mut out);
+        let stolen = wire::presence(from_b(2), (1, 1), &[(id(A, 9), [150.0, 150.0, 0.0])]);
+        b.remote(Route::Cells, &stolen, t0, &mut out);
+        b.remote(Route::Global, &wire::want(from_b(3), &[]), t0, &mut out);
         assert_eq!(b.counts().bad, 3);
+        // A message that comes twice (a cell's and its region's subscription) is used once.
+        let again = wire::want(from_b(4), &[(1, 1)]);
+        out.clear();
+        b.remote(Route::Control, &again, t0, &mut out);
+        b.remote(Route::Control, &again, t0, &mut out);
+        assert_eq!(published(&out).len(), 1);
+        assert_eq!(b.counts().duplicates, 1);
+    }
+}
+
+#[cfg(test)]
+mod region_tests {
+    use super::*;
+
+    fn tick(n: u64, positions: Vec<(EntityId, [f32; 3])>) -> Arc<TickBatch> {
+        Arc::new(TickBatch {
+            tick: n,
+            positions,
+            ..TickBatch::default()
+        })
+    }
+
+    /// The subscriptions the effects leave, replayed.
+    fn replay(subs: &mut std::collections::HashSet<Sub>, out: &[Effect]) {
+        for e in out {
+            match e {
+                Effect::Subscribe(s) => assert!(subs.insert(*s), "{s:?} twice"),
+                Effect::Unsubscribe(s) => assert!(subs.remove(s), "{s:?} not held"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Every seen cell is covered by exactly one subscription, its own or its region's;
+    /// nothing else is subscribed; a region goes whole once most of it is seen, and back.
+    #[test]
+    fn a_crowded_region_is_one_wildcard_and_a_sparse_one_is_cell_by_cell() {
+        let mut b = Bridge::new(1, 1, 100.0, Duration::from_secs(3));
+        let mut subs = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let check = |b: &Bridge, subs: &std::collections::HashSet<Sub>| {
+            for &c in b.interest.keys() {
+                let own = subs.contains(&Sub::Cell(c));
+                let whole = subs.contains(&Sub::Region(region_of(c)));
+                assert!(own ^ whole, "{c:?}: cell {own} region {whole}");
+            }
+            for s in subs {
+                match *s {
+                    Sub::Cell(c) => assert!(b.sees(c), "{c:?} subscribed, not seen"),
+                    Sub::Region(r) => assert!(b.wanted_in(r).len() as u32 >= CELLS_BELOW),
+                }
+            }
+            assert_eq!(b.counts().subscriptions, subs.len() as u64);
+        };
+        // Players one by one across region (0, 0): cells 0..8 wide, 100 units each.
+        let mut n = 0;
+        for gx in 0..4 {
+            for gy in 0..4 {
+                n += 1;
+                let pos = [gx as f32 * 200.0 + 50.0, gy as f32 * 200.0 + 50.0, 0.0];
+                b.local(tick(n, vec![(n, pos)]), &mut out);
+                replay(&mut subs, &out);
+                out.clear();
+                check(&b, &subs);
+            }
+        }
+        assert!(subs.contains(&Sub::Region((0, 0))), "{subs:?}");
+        // They all walk far away, one by one: the region goes back to cells, then nothing.
+        for id in 1..=n {
+            let pos = [5000.0 + id as f32, 5000.0, 0.0];
+            b.local(tick(n + id, vec![(id, pos)]), &mut out);
+            replay(&mut subs, &out);
+            out.clear();
+            check(&b, &subs);
+        }
+        assert!(!subs.iter().any(|s| matches!(s, Sub::Region((0, 0)))));
+        assert!(subs.iter().all(|s| match *s {
+            Sub::Cell(c) => c.0 >= 49,
+            Sub::Region(r) => r.0 >= 6,
+        }));
+    }
+
+    #[test]
+    fn the_sequence_window_takes_each_number_once_in_any_order() {
+        let mut w = SeqWindow::default();
+        assert!(w.first(5));
+        assert!(w.first(3), "an earlier number, late");
+        assert!(!w.first(3) && !w.first(5));
+        assert!(w.first(2000));
+        assert!(!w.first(5), "older than the window");
+        assert!(w.first(1999) && !w.first(1999));
     }
 }

@@ -15,9 +15,8 @@ use futures_util::StreamExt;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, Notify};
 
-use super::bridge::{Bridge, Effect, Topic};
+use super::bridge::{region_of, Bridge, Effect, Route, Sub, Topic};
 use super::ClusterConfig;
-use crate::aoi::Cell;
 use crate::core::TickBatch;
 use crate::rules::WorldConfig;
 use zerocast::Mail;
@@ -41,8 +40,12 @@ pub struct BusFigures {
     pub nodes: u64,
     /// Other processes' players known here.
     pub remote_players: u64,
-    /// Cells subscribed to.
+    /// Cells this process's players see.
     pub cells: u64,
+    /// Subscriptions (a cell's, or a whole region's).
+    pub subscriptions: u64,
+    /// Messages that came twice and were used once.
+    pub duplicates: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +59,8 @@ struct Figures {
     nodes: AtomicU64,
     remote_players: AtomicU64,
     cells: AtomicU64,
+    subscriptions: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 /// A bounded queue that drops its oldest entry when full, with a wake-up.
@@ -137,6 +142,8 @@ impl Link {
             nodes: g(&f.nodes),
             remote_players: g(&f.remote_players),
             cells: g(&f.cells),
+            subscriptions: g(&f.subscriptions),
+            duplicates: g(&f.duplicates),
         }
     }
 }
@@ -256,11 +263,23 @@ fn random_node() -> u32 {
     ((v ^ (v >> 32)) as u32).max(1)
 }
 
+/// A topic's subject: a cell's names its region first, so that one wildcard covers a region.
 fn subject(world: &str, topic: Topic) -> String {
     match topic {
-        Topic::Cell((x, y)) => format!("zerocast.{world}.cell.{x}.{y}"),
+        Topic::Cell(c) => {
+            let (rx, ry) = region_of(c);
+            format!("zerocast.{world}.cell.{rx}.{ry}.{}.{}", c.0, c.1)
+        }
         Topic::Global => format!("zerocast.{world}.global"),
         Topic::Control => format!("zerocast.{world}.control"),
+    }
+}
+
+/// What a subscription listens to.
+fn pattern(world: &str, sub: Sub) -> String {
+    match sub {
+        Sub::Cell(c) => subject(world, Topic::Cell(c)),
+        Sub::Region((rx, ry)) => format!("zerocast.{world}.cell.{rx}.{ry}.*.*"),
     }
 }
 
@@ -328,7 +347,7 @@ async fn run(
         link.started.notified().await;
     };
     let mut bridge = Bridge::new(node, workers, cell_size, config.timeout);
-    let (in_tx, mut inbound) = mpsc::channel::<(Topic, Bytes)>(config.queue);
+    let (in_tx, mut inbound) = mpsc::channel::<(Route, Bytes)>(config.queue);
     let out = Arc::new(Queue::<(Topic, Bytes)>::new(config.queue));
     let publisher = tokio::spawn(publish_loop(
         client.clone(),
@@ -336,10 +355,14 @@ async fn run(
         link.clone(),
         config.world.clone(),
     ));
-    let mut subs: FxHashMap<Cell, tokio::task::JoinHandle<()>> = FxHashMap::default();
+    let mut subs: FxHashMap<Sub, tokio::task::JoinHandle<()>> = FxHashMap::default();
     let mut fixed = Vec::new();
-    for topic in [Topic::Control, Topic::Global] {
-        if let Some(h) = subscribe(&client, &config.world, topic, &in_tx, &link).await {
+    for (topic, route) in [
+        (Topic::Control, Route::Control),
+        (Topic::Global, Route::Global),
+    ] {
+        let subject = subject(&config.world, topic);
+        if let Some(h) = subscribe(&client, subject, route, &in_tx, &link).await {
             fixed.push(h);
         }
     }
@@ -354,13 +377,13 @@ async fn run(
                     bridge.local(b, &mut effects);
                 }
             }
-            Some((topic, bytes)) = inbound.recv() => {
+            Some((route, bytes)) = inbound.recv() => {
                 let now = Instant::now();
-                bridge.remote(topic, &bytes, now, &mut effects);
+                bridge.remote(route, &bytes, now, &mut effects);
                 // Take what else is waiting in one go: one batch for the shards.
                 for _ in 0..4096 {
                     match inbound.try_recv() {
-                        Ok((topic, bytes)) => bridge.remote(topic, &bytes, now, &mut effects),
+                        Ok((route, bytes)) => bridge.remote(route, &bytes, now, &mut effects),
                         Err(_) => break,
                     }
                 }
@@ -390,16 +413,17 @@ async fn run(
                         link.figures.dropped.fetch_add(1, Relaxed);
                     }
                 }
-                Effect::Subscribe(cell) => {
-                    let topic = Topic::Cell(cell);
-                    if let Some(h) = subscribe(&client, &config.world, topic, &in_tx, &link).await {
-                        if let Some(old) = subs.insert(cell, h) {
+                Effect::Subscribe(sub) => {
+                    let subject = pattern(&config.world, sub);
+                    let h = subscribe(&client, subject, Route::Cells, &in_tx, &link).await;
+                    if let Some(h) = h {
+                        if let Some(old) = subs.insert(sub, h) {
                             old.abort();
                         }
                     }
                 }
-                Effect::Unsubscribe(cell) => {
-                    if let Some(h) = subs.remove(&cell) {
+                Effect::Unsubscribe(sub) => {
+                    if let Some(h) = subs.remove(&sub) {
                         // Dropping the subscriber unsubscribes.
                         h.abort();
                     }
@@ -420,6 +444,8 @@ async fn run(
         f.nodes.store(c.nodes, Relaxed);
         f.remote_players.store(c.remote_players, Relaxed);
         f.cells.store(c.cells, Relaxed);
+        f.subscriptions.store(c.subscriptions, Relaxed);
+        f.duplicates.store(c.duplicates, Relaxed);
         if link.stop.load(Relaxed) {
             break;
         }
@@ -438,19 +464,19 @@ async fn run(
     }
 }
 
-/// Subscribes to `topic` and forwards what arrives to the bridge (dropping and counting when
-/// its queue is full).
+/// Subscribes to `subject` and forwards what arrives to the bridge as come through `route`
+/// (dropping and counting when its queue is full).
 async fn subscribe(
     client: &async_nats::Client,
-    world: &str,
-    topic: Topic,
-    to: &mpsc::Sender<(Topic, Bytes)>,
+    subject: String,
+    route: Route,
+    to: &mpsc::Sender<(Route, Bytes)>,
     link: &Arc<Link>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut sub = match client.subscribe(subject(world, topic)).await {
+    let mut sub = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(?topic, error = %e, "cannot subscribe");
+            tracing::warn!(subject, error = %e, "cannot subscribe");
             return None;
         }
     };
@@ -458,7 +484,7 @@ async fn subscribe(
     let link = link.clone();
     Some(tokio::spawn(async move {
         while let Some(m) = sub.next().await {
-            if to.try_send((topic, m.payload)).is_err() {
+            if to.try_send((route, m.payload)).is_err() {
                 link.figures.dropped.fetch_add(1, Relaxed);
             }
         }

@@ -43,7 +43,9 @@ mod bus;
 pub(crate) use bus::Link as BusLink;
 pub mod wire;
 
-pub use bridge::{node_of, Bridge, BridgeCounts, Effect, Topic, REMOTE_SHARD};
+pub use bridge::{
+    node_of, region_of, Bridge, BridgeCounts, Effect, Route, Sub, Topic, REGION, REMOTE_SHARD,
+};
 pub use bus::{BusFigures, Cluster};
 
 use std::time::Duration;

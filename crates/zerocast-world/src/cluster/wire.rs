@@ -6,13 +6,17 @@
 //! are kept as a slice of the received buffer (no copy).
 //!
 //! ```text
-//!  0    1    2         4         8           12
-//!  +----+----+---------+---------+-----------+---------------------------------------+
-//!  | v1 |kind| records | gone    | node u32  | records | gone ids | frames (events)   |
-//!  +----+----+---------+---------+-----------+---------------------------------------+
-//!             u16 LE    u16 LE               20 B each  8 B each   whole frames
+//!  0    1    2         4         8         12           20        24        28
+//!  +----+----+---------+---------+---------+------------+---------+---------+---------+----
+//!  | v1 |kind| records | gone    | node    | seq        | cell x  | cell y  | records | gone
+//!  +----+----+---------+---------+---------+------------+---------+---------+---------+----
+//!             u16 LE    u16 LE    u32 LE    u64 LE       i32 LE    i32 LE   20 B each  8 B
+//!                                                                           each, then frames
 //! ```
 //!
+//! - `seq`: the sender's message number, one more for each message it publishes: a message
+//!   that arrives twice (through a cell's subscription and its region's) is used once.
+//! - `cell`: the cell an events or presence message is about (0, 0 for the other kinds).
 //! - `records`: for [`Kind::Events`] and [`Kind::Presence`], players as `(id u64, x, y, z
 //!   f32)`; for [`Kind::Want`], cells as `(x i32, y i32)` (8 bytes each).
 //! - `gone`: players of the sender that left the cell (moved away or disconnected).
@@ -27,7 +31,7 @@ use zerocast::frame::HEADER_LEN;
 /// The format's version (the first byte).
 pub const VERSION: u8 = 1;
 /// The head's length.
-pub const HEAD_LEN: usize = 12;
+pub const HEAD_LEN: usize = 28;
 const PLAYER_LEN: usize = 20;
 const CELL_LEN: usize = 8;
 
@@ -72,6 +76,10 @@ pub struct Message {
     pub kind: Kind,
     /// The process that sent it.
     pub node: u32,
+    /// Its number among the sender's messages.
+    pub seq: u64,
+    /// The cell it is about (events, presence).
+    pub cell: Cell,
     /// Players and where they are (events, presence).
     pub players: Vec<(EntityId, [f32; 3])>,
     /// Players gone from the cell (events).
@@ -116,14 +124,26 @@ impl std::fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-fn head(out: &mut BytesMut, kind: Kind, records: usize, gone: usize, node: u32) {
+/// Who sends a message, and its number among the sender's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The sending process.
+    pub node: u32,
+    /// The message's number.
+    pub seq: u64,
+}
+
+fn head(out: &mut BytesMut, kind: Kind, records: usize, gone: usize, from: Origin, cell: Cell) {
     // Callers cut their lists to u16::MAX records (see `MAX_RECORDS`).
     out.put_u8(VERSION);
     out.put_u8(kind as u8);
     out.put_u16_le(records as u16);
     out.put_u16_le(gone as u16);
     out.put_u16_le(0);
-    out.put_u32_le(node);
+    out.put_u32_le(from.node);
+    out.put_u64_le(from.seq);
+    out.put_i32_le(cell.0);
+    out.put_i32_le(cell.1);
 }
 
 /// Most records (players, cells or gone ids) one message carries.
@@ -132,7 +152,8 @@ pub const MAX_RECORDS: usize = u16::MAX as usize;
 /// An events message: `frames` (`count` whole frames), `players` now in or just out of the
 /// cell, and `gone` (left it). At most [`MAX_RECORDS`] of each (the excess is not written).
 pub fn events(
-    node: u32,
+    from: Origin,
+    cell: Cell,
     players: &[(EntityId, [f32; 3])],
     gone: &[EntityId],
     frames: &[u8],
@@ -142,7 +163,14 @@ pub fn events(
     let mut out = BytesMut::with_capacity(
         HEAD_LEN + players.len() * PLAYER_LEN + gone.len() * 8 + frames.len(),
     );
-    head(&mut out, Kind::Events, players.len(), gone.len(), node);
+    head(
+        &mut out,
+        Kind::Events,
+        players.len(),
+        gone.len(),
+        from,
+        cell,
+    );
     put_players(&mut out, players);
     for &g in gone {
         out.put_u64_le(g);
@@ -152,35 +180,35 @@ pub fn events(
 }
 
 /// A presence message: where each of `players` (all the sender's in one cell) is.
-pub fn presence(node: u32, players: &[(EntityId, [f32; 3])]) -> Bytes {
+pub fn presence(from: Origin, cell: Cell, players: &[(EntityId, [f32; 3])]) -> Bytes {
     let players = &players[..players.len().min(MAX_RECORDS)];
     let mut out = BytesMut::with_capacity(HEAD_LEN + players.len() * PLAYER_LEN);
-    head(&mut out, Kind::Presence, players.len(), 0, node);
+    head(&mut out, Kind::Presence, players.len(), 0, from, cell);
     put_players(&mut out, players);
     out.freeze()
 }
 
 /// A global chat message: `frames`, whole `ChatFrom` frames.
-pub fn global(node: u32, frames: &[u8]) -> Bytes {
+pub fn global(from: Origin, frames: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEAD_LEN + frames.len());
-    head(&mut out, Kind::Global, 0, 0, node);
+    head(&mut out, Kind::Global, 0, 0, from, (0, 0));
     out.put_slice(frames);
     out.freeze()
 }
 
 /// A heartbeat or a goodbye.
-pub fn signal(node: u32, kind: Kind) -> Bytes {
+pub fn signal(from: Origin, kind: Kind) -> Bytes {
     debug_assert!(matches!(kind, Kind::Heartbeat | Kind::Bye));
     let mut out = BytesMut::with_capacity(HEAD_LEN);
-    head(&mut out, kind, 0, 0, node);
+    head(&mut out, kind, 0, 0, from, (0, 0));
     out.freeze()
 }
 
 /// A want message for `cells` (at most [`MAX_RECORDS`]).
-pub fn want(node: u32, cells: &[Cell]) -> Bytes {
+pub fn want(from: Origin, cells: &[Cell]) -> Bytes {
     let cells = &cells[..cells.len().min(MAX_RECORDS)];
     let mut out = BytesMut::with_capacity(HEAD_LEN + cells.len() * CELL_LEN);
-    head(&mut out, Kind::Want, cells.len(), 0, node);
+    head(&mut out, Kind::Want, cells.len(), 0, from, (0, 0));
     for &(x, y) in cells {
         out.put_i32_le(x);
         out.put_i32_le(y);
@@ -251,9 +279,13 @@ pub fn decode(bytes: &Bytes) -> Result<Message, WireError> {
     let gone = usize::from(u16::from_le_bytes(r.take()?));
     let _reserved = r.take::<2>()?;
     let node = u32::from_le_bytes(r.take()?);
+    let seq = r.u64()?;
+    let cell = (r.i32()?, r.i32()?);
     let mut m = Message {
         kind,
         node,
+        seq,
+        cell,
         players: Vec::new(),
         gone: Vec::new(),
         cells: Vec::new(),
@@ -301,6 +333,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const F7: Origin = Origin { node: 7, seq: 9 };
+
     fn frame(id: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = ((HEADER_LEN + payload.len()) as u16).to_le_bytes().to_vec();
         f.extend_from_slice(&id.to_le_bytes());
@@ -312,29 +346,29 @@ mod tests {
     fn every_kind_round_trips() {
         let frames = [frame(0x0202, &[7; 24]), frame(0x0206, b"hi")].concat();
         let players = vec![(1u64 << 32 | 5, [1.0, 2.0, 0.0]), (9, [3.5, 4.5, 0.0])];
-        let m = decode(&events(7, &players, &[11, 12], &frames)).unwrap();
+        let m = decode(&events(F7, (3, -4), &players, &[11, 12], &frames)).unwrap();
         assert_eq!(
-            (m.kind, m.node, &m.players, &m.gone, m.count),
-            (Kind::Events, 7, &players, &vec![11, 12], 2)
+            (m.kind, m.node, m.seq, m.cell, &m.players, &m.gone, m.count),
+            (Kind::Events, 7, 9, (3, -4), &players, &vec![11, 12], 2)
         );
         assert_eq!(&m.frames[..], &frames[..]);
-        let p = decode(&presence(3, &players)).unwrap();
+        let p = decode(&presence(F7, (1, 1), &players)).unwrap();
         assert_eq!((p.kind, p.players), (Kind::Presence, players));
-        let g = decode(&global(3, &frames)).unwrap();
+        let g = decode(&global(F7, &frames)).unwrap();
         assert_eq!(
             (g.kind, g.count, &g.frames[..]),
             (Kind::Global, 2, &frames[..])
         );
-        let w = decode(&want(4, &[(0, 0), (-1, 7)])).unwrap();
+        let w = decode(&want(F7, &[(0, 0), (-1, 7)])).unwrap();
         assert_eq!((w.kind, w.cells), (Kind::Want, vec![(0, 0), (-1, 7)]));
         for k in [Kind::Heartbeat, Kind::Bye] {
-            assert_eq!(decode(&signal(9, k)).unwrap().kind, k);
+            assert_eq!(decode(&signal(F7, k)).unwrap().kind, k);
         }
     }
 
     #[test]
     fn broken_messages_are_refused_with_a_reason() {
-        let ok = events(1, &[(1, [0.0; 3])], &[], &frame(0x0202, &[0; 24]));
+        let ok = events(F7, (0, 0), &[(1, [0.0; 3])], &[], &frame(0x0202, &[0; 24]));
         assert_eq!(decode(&ok.slice(..5)), Err(WireError::Truncated));
         assert_eq!(decode(&ok.slice(..ok.len() - 1)), Err(WireError::Frames));
         let mut v = ok.to_vec();
@@ -343,9 +377,9 @@ mod tests {
         let mut v = ok.to_vec();
         v[1] = 99;
         assert_eq!(decode(&Bytes::from(v)), Err(WireError::Kind(99)));
-        let nan = events(1, &[(1, [f32::NAN, 0.0, 0.0])], &[], &[]);
+        let nan = events(F7, (0, 0), &[(1, [f32::NAN, 0.0, 0.0])], &[], &[]);
         assert_eq!(decode(&nan), Err(WireError::Invalid));
-        let mut v = signal(1, Kind::Heartbeat).to_vec();
+        let mut v = signal(F7, Kind::Heartbeat).to_vec();
         v.push(0);
         assert_eq!(decode(&Bytes::from(v)), Err(WireError::Invalid));
     }
@@ -357,16 +391,18 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let bytes = Bytes::from(data);
             if let Ok(m) = decode(&bytes) {
+                let from = Origin { node: m.node, seq: m.seq };
                 let again = match m.kind {
-                    Kind::Events => events(m.node, &m.players, &m.gone, &m.frames),
-                    Kind::Presence => presence(m.node, &m.players),
-                    Kind::Global => global(m.node, &m.frames),
-                    Kind::Heartbeat | Kind::Bye => signal(m.node, m.kind),
-                    Kind::Want => want(m.node, &m.cells),
+                    Kind::Events => events(from, m.cell, &m.players, &m.gone, &m.frames),
+                    Kind::Presence => presence(from, m.cell, &m.players),
+                    Kind::Global => global(from, &m.frames),
+                    Kind::Heartbeat | Kind::Bye => signal(from, m.kind),
+                    Kind::Want => want(from, &m.cells),
                 };
-                // The reserved field is not kept.
+                // The reserved field is not kept, nor the cell of a kind without one.
                 prop_assert_eq!(&again[..6], &bytes[..6]);
-                prop_assert_eq!(&again[8..], &bytes[8..]);
+                prop_assert_eq!(&again[8..20], &bytes[8..20]);
+                prop_assert_eq!(&again[HEAD_LEN..], &bytes[HEAD_LEN..]);
             }
         }
     }
