@@ -167,11 +167,14 @@ fn until_joined(ps: &[&Process], others: f64) {
     }
 }
 
+/// Every frame a player received: packet id and payload.
+type Received = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
 /// A player: a connection and everything it received, read by a thread.
 struct Player {
     s: TcpStream,
     id: u64,
-    got: Arc<Mutex<Vec<(u16, Vec<u8>)>>>,
+    got: Received,
 }
 
 impl Player {
@@ -179,7 +182,7 @@ impl Player {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
         s.write_all(&Join::new(PROTOCOL_VERSION).encode()).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got: Received = Arc::default();
         let mut r = s.try_clone().unwrap();
         let sink = got.clone();
         std::thread::spawn(move || {
