@@ -39,6 +39,26 @@ def cpu_s(pid):
         return 0.0
 
 
+def thread_cpu_s(pid, name):
+    """CPU seconds of the threads of `pid` named `name` (the bus threads)."""
+    total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -75,7 +95,8 @@ def final_counters(err):
     return final
 
 
-def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=True):
+def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=True,
+             chat_every=0, writes=None, tick_ms=None):
     """One run: `processes` world processes (with a bus if `bus`), `players` bots spread over
     them. Returns the generator's report with the servers' figures added."""
     if shutil.which("nats-server") is None:
@@ -98,7 +119,9 @@ def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=Tr
             port = bench.next_port()
             cmd = taskset(SERVER_CPU) + [os.path.join(REL, "zerocast"), "world", "--workers", "1",
                                          "--backend", "epoll", "--world-size", str(size),
-                                         "--listen", f"127.0.0.1:{port}"] + extra
+                                         "--listen", f"127.0.0.1:{port}"] + extra + (
+                                             ["--max-writes-per-sec", str(writes)] if writes else []) + (
+                                             ["--tick-ms", str(tick_ms)] if tick_ms else [])
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = p.stdout.readline()
             if not line.startswith("listening on"):
@@ -110,11 +133,13 @@ def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=Tr
         time.sleep(2.5 if bus and processes > 1 else 0.2)
         pids = [p.pid for p in procs] + ([nats.pid] if nats else [])
         cpu0 = [cpu_s(pid) for pid in pids]
+        bus0 = sum(thread_cpu_s(p.pid, "zerocast-bus") for p in procs)
         peak = Peak(pids)
         peak.start()
         cmd = taskset(LOAD_CPU) + [os.path.join(REL, "zerocast"), "load", "world", "--target",
                                    ",".join(targets), "-c", str(players), "--hz", str(hz),
-                                   "--warmup", str(warmup), "--duration", str(duration), "--json"]
+                                   "--warmup", str(warmup), "--duration", str(duration), "--chat-every",
+                                   str(chat_every), "--json"]
         shown = " ".join((["taskset -c", LOAD_CPU] if pin else []) + [
             "target/release/zerocast load world --target", ",".join(["127.0.0.1:PORT"] * processes),
             "-c", str(players), "--hz", str(hz), "--warmup", str(warmup), "--duration",
@@ -128,6 +153,7 @@ def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=Tr
         peak.done.set()
         peak.join()
         cpu1 = [cpu_s(pid) for pid in pids]
+        bus1 = sum(thread_cpu_s(p.pid, "zerocast-bus") for p in procs)
         try:
             rep = json.loads(out.stdout)
         except ValueError:
@@ -153,11 +179,13 @@ def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=Tr
     rep["cluster"] = dict(
         label=label, processes=processes, bus=bus, players=players, hz=hz, world_size=size,
         pinned=pin, elapsed_s=elapsed, server_cpu_s=server_cpu, nats_cpu_s=nats_cpu,
+        bus_cpu_s=bus1 - bus0, writes=writes, tick_ms=tick_ms or 50,
+        server_writes=sum(f.get("writes", 0) for f in finals),
         deliveries=deliveries, peak_rss_kib=peak.peak,
         published=sum(f.get("world_bus_published", 0) for f in finals),
         bus_dropped=sum(f.get("world_bus_dropped", 0) + f.get("world_bus_unsent", 0)
                         for f in finals),
-        max_stride=max((f.get("world_delivery_stride", 1) for f in finals), default=1))
+        )
     bench.log.write(json.dumps({"server": "cluster", "scenario": label, "report": rep}) + "\n")
     bench.log.flush()
     problems = []
@@ -179,16 +207,23 @@ def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=Tr
     return rep
 
 
+# Each of the wide case's processes may write this often: six processes and the generator share
+# two cores, so each gets a fraction of the one-core default (60,000).
+WIDE_WRITES = 15_000
+WIDE_PROCESSES = 6
+
+
 def run(bench, quick, warmup, duration):
-    """The scale-out cases: {"split": [one process, two], "wide": report}."""
+    """The scale-out cases: {"split": [one process, two], "wide": report, "hz": ...}."""
     split_n = 200 if quick else 10000
-    hz = 0.2 if not quick else 2.0
+    hz = 2.0 if quick else 0.2
     print(f"scale-out: {split_n} players on 1 process and on 2", flush=True)
     split = [run_case(bench, f"{split_n} on 1 process", split_n, 1, hz, warmup, duration, True,
                       bus=False),
              run_case(bench, f"{split_n} on 2 processes", split_n, 2, hz, warmup, duration, True)]
-    wide_n, wide_p = (400, 2) if quick else (100_000, 6)
+    wide_n, wide_p = (400, 2) if quick else (100_000, WIDE_PROCESSES)
     print(f"scale-out: {wide_n} players on {wide_p} processes", flush=True)
     wide = run_case(bench, f"{wide_n} on {wide_p} processes", wide_n, wide_p, hz,
-                    warmup * (1 if quick else 5), duration * 2, False)
-    return {"split": split, "wide": wide}
+                    warmup * (1 if quick else 5), duration * 2, False,
+                    writes=None if quick else WIDE_WRITES)
+    return {"split": split, "wide": wide, "hz": hz}

@@ -10,6 +10,7 @@ from common import (BROADCAST_SERVERS, CAPACITY_P99_US, CAPACITY_TIGHT_P99_US, E
 
 def write(r):
     """Returns the document's lines; `r` holds the run's settings and results."""
+    scale_out = r.get("cluster")
     (quick, runs, duration, warmup, elapsed, steal, echo, bcast, world, fixed, idle, idle_n,
      rate, ref_n, conns, clients, bots, hz, commands, log_path, chart, capacity,
      delay_ms) = (
@@ -405,6 +406,8 @@ def write(r):
           "the server-CPU-per-reply table is the fairer comparison there. ")
          if bound else "In every echo case the limit server's core was busier than the generator. "))
     w("")
+    if scale_out:
+        scale_out_section(w, scale_out)
     w("## Chart")
     w("")
     w(f"![throughput]({os.path.basename(chart)})")
@@ -555,4 +558,62 @@ def saturation(w, bcast, clients, hz):
         else:
             verdict = "nothing: kept up"
         w(f"| {s} | {share:.1%} | {latency(reps)} | {pct(cpu)} | {pct(busy)} | {verdict} |")
+    w("")
+
+
+def scale_out_section(w, c):
+    """One world over several processes joined by a real nats-server (bench/cluster.py)."""
+    hz = c["hz"]
+    w("## Scale-out: one world over several processes on NATS")
+    w("")
+    w("Every player moves once every "
+      f"{1 / hz:g} s on average (`--hz {hz:g}`, no chat), in a world sized to keep the default "
+      "density (2,000 players on 4,000 × 4,000 units). The world processes run one worker each "
+      "and join through a real `nats-server` on loopback (`--nats`); the generator spreads its "
+      "bots over them round robin (`--target A,B,...`), so every process has players all over "
+      "the map and nearly every move crosses the bus. Server CPU is that of every world "
+      "process over the whole run (ramp included) divided by the deliveries their counters "
+      "made; the bus thread's share and nats-server's are given apart. RSS is the peak of "
+      "the world processes and nats-server together, per player.")
+    w("")
+    w("| case | CPUs | deliveries/s | p50 | p99 | server CPU per delivery | of it the bus threads "
+      "| nats-server CPU per delivery | RSS per player | messages published | dropped or unsent "
+      "| out of range |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = list(c["split"]) + [c["wide"]]
+    for rep in rows:
+        x = rep["cluster"]
+        d = x["deliveries"] or 1
+        pin = ("servers and nats-server on CPU 0, generator on CPU 1" if x["pinned"]
+               else "all processes on both CPUs")
+        w(f"| {x['label']}{'' if x['bus'] else ' (no bus)'} | {pin} | "
+          f"{k(rep['throughput'])} | {latency([rep], 'p50_us')} | {latency([rep])} | "
+          f"{x['server_cpu_s'] * 1e6 / d:.2f} µs | {x['bus_cpu_s'] * 1e6 / d:.2f} µs | "
+          f"{x['nats_cpu_s'] * 1e6 / d:.2f} µs | "
+          f"{x['peak_rss_kib'] * 1024 / max(1, x['players']):,.0f} B | {x['published']:,.0f} | "
+          f"{x['bus_dropped']:,.0f} | {(rep.get('world') or {}).get('out_of_range', 0)} |")
+    w("")
+    one, two = c["split"][0], c["split"][1]
+    o, t = one["cluster"], two["cluster"]
+    cpu1 = o["server_cpu_s"] / max(1, o["deliveries"])
+    cpu2 = (t["server_cpu_s"] + t["nats_cpu_s"]) / max(1, t["deliveries"])
+    w(f"Crossing the bus, {o['players']:,} players on one core: p99 "
+      f"{latency([two])} on two processes against {latency([one])} on one "
+      f"({ratio(two['latency']['p99_us'], one['latency']['p99_us'])}); CPU per delivery, "
+      f"nats-server included, {ratio(cpu2, cpu1)} of the single process's. A move from "
+      "another process reaches a player at that process's next tick after it arrives: up to "
+      "one tick more than a local one.")
+    x = c["wide"]["cluster"]
+    gen = (c["wide"].get("generator") or {}).get("cpu_util", 0.0)
+    w("")
+    w(f"The wide case: {x['players']:,} players on {x['processes']} processes (each under "
+      "20,000 descriptors), every process, nats-server and the generator's processes sharing "
+      f"both CPUs for {x['elapsed_s']:.0f} s: the world processes used "
+      f"{x['server_cpu_s']:.0f} s of CPU (their bus threads {x['bus_cpu_s']:.0f} s), "
+      f"nats-server {x['nats_cpu_s']:.0f} s"
+      + (f"; the generator's processes used {gen:.1f} cores in the measurement window" if gen
+         else "") +
+      f"; each process may write {x['writes'] or 60000:,} times a second (`--max-writes-per-sec`: "
+      "over that a player is written every few ticks, its neighbours' moves conflated in "
+      "between).")
     w("")

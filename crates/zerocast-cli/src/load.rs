@@ -101,6 +101,10 @@ pub struct LoadArgs {
     /// the run counts as failed (exit status 1).
     #[arg(long, value_name = "PCT", default_value_t = 1.0)]
     max_failed: f64,
+    /// World: one move in this many carries a chat line, one line in ten global (0: no
+    /// chat). Global chat reaches every player: in a big world it outweighs the moves.
+    #[arg(long, value_name = "MOVES", default_value_t = 100)]
+    chat_every: u64,
     /// Internal: run as shard K of a multi-process load and print a mergeable report.
     #[arg(long, hide = true)]
     shard: Option<u8>,
@@ -152,6 +156,7 @@ impl LoadArgs {
         // Idle measures memory, not latency: no reason to burn a core polling.
         cfg.busy_poll = !self.no_busy_poll && !matches!(self.scenario, ScenarioArg::Idle);
         cfg.tick = self.tick_us.map(Duration::from_micros);
+        cfg.chat_every = self.chat_every;
         Ok(cfg)
     }
 
@@ -178,6 +183,7 @@ impl LoadArgs {
             format!("--duration={}", self.duration),
             format!("--drain={}", self.drain),
             format!("--workers={}", self.workers),
+            format!("--chat-every={}", self.chat_every),
             format!("--shard={k}"),
         ];
         if let Some(rate) = self.rate {

@@ -51,8 +51,8 @@ pub(crate) fn send_time(velocity: f32, now_ns: u64) -> Option<u64> {
     let age = (now_ms & 0xFFFF).wrapping_sub(sent) & 0xFFFF;
     (age <= MAX_AGE_MS && age <= now_ms).then(|| ((now_ms - age) * 1_000_000 + 500_000).min(now_ns))
 }
-/// One move in this many carries a chat line; one chat line in ten is global.
-const CHAT_EVERY: u64 = 100;
+/// One chat line in ten is global.
+const GLOBAL_EVERY: u64 = 10;
 /// Bots walk at this fraction of the server's speed limit.
 const PACE: f32 = 0.5;
 
@@ -178,6 +178,8 @@ pub(crate) struct Bots {
     bots: Vec<Mutex<Bot>>,
     /// Seconds between one bot's moves.
     interval_s: f32,
+    /// One move in this many carries a chat line (0: none).
+    chat_every: u64,
     joined: Striped,
     untimed: Striped,
     out_of_range: Striped,
@@ -189,7 +191,7 @@ pub(crate) struct Bots {
 }
 
 impl Bots {
-    pub(crate) fn new(count: usize, moves_per_sec_each: f64) -> Self {
+    pub(crate) fn new(count: usize, moves_per_sec_each: f64, chat_every: u64) -> Self {
         Self {
             bots: (0..count)
                 .map(|i| {
@@ -201,6 +203,7 @@ impl Bots {
                 })
                 .collect(),
             interval_s: (1.0 / moves_per_sec_each) as f32,
+            chat_every,
             joined: Striped::new(),
             untimed: Striped::new(),
             out_of_range: Striped::new(),
@@ -237,8 +240,8 @@ impl Bots {
         stats.on_send(stamp);
         bot.at(x, y);
         bot.moves += 1;
-        if bot.next_random() % CHAT_EVERY == 0 {
-            let global = bot.next_random() % 10 == 0;
+        if self.chat_every > 0 && bot.next_random() % self.chat_every == 0 {
+            let global = bot.next_random() % GLOBAL_EVERY == 0;
             let text = format!("bot {id} at {x:.0},{y:.0}");
             let ch = if global {
                 channel::GLOBAL

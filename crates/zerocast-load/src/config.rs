@@ -89,6 +89,10 @@ pub struct LoadConfig {
     pub busy_poll: bool,
     /// Open loop: the workers' tick period (`None`: chosen from the rate).
     pub tick: Option<Duration>,
+    /// World: one move in this many carries a chat line, one line in ten global (0: no
+    /// chat). Default 100. Global chat reaches every player: in a big world it outweighs
+    /// the moves.
+    pub chat_every: u64,
     /// How often the progress callback runs. Default 250 ms.
     pub progress_every: Duration,
     /// The generator's own event loop. Default epoll, whatever the servers use: its busy
@@ -129,6 +133,7 @@ impl LoadConfig {
             scenario,
             target,
             more_targets: Vec::new(),
+            chat_every: 100,
             connections,
             size: 64,
             pace: Pace::Closed { depth: 1 },

@@ -93,9 +93,11 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             Pace::Closed { .. } => None,
         },
         bots: match (cfg.scenario, cfg.pace) {
-            (Scenario::World, Pace::Rate { per_sec }) => {
-                Some(Bots::new(cfg.connections, per_sec / cfg.connections as f64))
-            }
+            (Scenario::World, Pace::Rate { per_sec }) => Some(Bots::new(
+                cfg.connections,
+                per_sec / cfg.connections as f64,
+                cfg.chat_every,
+            )),
             _ => None,
         },
     });

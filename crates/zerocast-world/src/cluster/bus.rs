@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use futures_util::task::AtomicWaker;
+use futures_util::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, Notify};
 
@@ -184,6 +186,9 @@ impl Cluster {
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let cell_size = world.cell_size;
+        // What arrives is handed to the shards this often: they use it at their ticks, and
+        // a wake-up per message would cost them more than the message.
+        let post_every = (world.tick / 5).max(Duration::from_millis(1));
         let thread = {
             let link = link.clone();
             std::thread::Builder::new()
@@ -199,7 +204,7 @@ impl Cluster {
                             return;
                         }
                     };
-                    rt.block_on(run(link, config, cell_size, ready_tx));
+                    rt.block_on(run(link, config, cell_size, post_every, ready_tx));
                 })?
         };
         match ready_rx.recv() {
@@ -283,6 +288,11 @@ fn pattern(world: &str, sub: Sub) -> String {
     }
 }
 
+/// Messages a subscription holds before the client drops what arrives (counted): a cell or
+/// region gets a few messages per tick, so this is seconds of them; older news is worse than
+/// none, and a thousand subscriptions must not hold a thousand big queues.
+const SUBSCRIPTION_QUEUE: usize = 256;
+
 /// Back-off between reconnection attempts: 100 ms doubling to 5 s.
 fn backoff(attempts: usize) -> Duration {
     let exp = attempts.saturating_sub(1).min(6) as u32;
@@ -293,6 +303,7 @@ async fn run(
     link: Arc<Link>,
     config: ClusterConfig,
     cell_size: f32,
+    post_every: Duration,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
     let node = link.node;
@@ -307,7 +318,7 @@ async fn run(
             .retry_on_initial_connect()
             .max_reconnects(None)
             .client_capacity(config.queue.max(64))
-            .subscription_capacity(config.queue.max(64))
+            .subscription_capacity(SUBSCRIPTION_QUEUE)
             .reconnect_delay_callback(move |attempts| {
                 if !warned.swap(true, Relaxed) {
                     tracing::warn!(
@@ -347,7 +358,9 @@ async fn run(
         link.started.notified().await;
     };
     let mut bridge = Bridge::new(node, workers, cell_size, config.timeout);
-    let (in_tx, mut inbound) = mpsc::channel::<(Route, Bytes)>(config.queue);
+    // Every subscription's messages, polled together (no task or channel of ours per
+    // subscription: a message costs the NATS client's channel only).
+    let mut feeds: SelectAll<Feed> = SelectAll::new();
     let out = Arc::new(Queue::<(Topic, Bytes)>::new(config.queue));
     let publisher = tokio::spawn(publish_loop(
         client.clone(),
@@ -355,17 +368,18 @@ async fn run(
         link.clone(),
         config.world.clone(),
     ));
-    let mut subs: FxHashMap<Sub, tokio::task::JoinHandle<()>> = FxHashMap::default();
-    let mut fixed = Vec::new();
+    let mut subs: FxHashMap<Sub, Arc<Stop>> = FxHashMap::default();
     for (topic, route) in [
         (Topic::Control, Route::Control),
         (Topic::Global, Route::Global),
     ] {
         let subject = subject(&config.world, topic);
-        if let Some(h) = subscribe(&client, subject, route, &in_tx, &link).await {
-            fixed.push(h);
+        if let Some((feed, _)) = subscribe(&client, subject, route).await {
+            feeds.push(feed);
         }
     }
+    let mut post = tokio::time::interval(post_every);
+    post.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut effects = Vec::new();
@@ -377,14 +391,24 @@ async fn run(
                     bridge.local(b, &mut effects);
                 }
             }
-            Some((route, bytes)) = inbound.recv() => {
+            Some((route, bytes)) = feeds.next() => {
                 let now = Instant::now();
                 bridge.remote(route, &bytes, now, &mut effects);
-                // Take what else is waiting in one go: one batch for the shards.
+                // Take what else is ready in one go.
                 for _ in 0..4096 {
-                    match inbound.try_recv() {
-                        Ok((route, bytes)) => bridge.remote(route, &bytes, now, &mut effects),
-                        Err(_) => break,
+                    match feeds.next().now_or_never() {
+                        Some(Some((route, bytes))) => {
+                            bridge.remote(route, &bytes, now, &mut effects);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            _ = post.tick() => {
+                if let Some(batch) = bridge.take() {
+                    let batch = Arc::new(batch);
+                    for w in 0..workers {
+                        mail.post(w, Box::new(batch.clone()));
                     }
                 }
             }
@@ -399,6 +423,11 @@ async fn run(
                     if was_connected {
                         tracing::warn!(url = %config.url, "lost the bus: local play goes on; reconnecting");
                     }
+                }
+                async_nats::Event::SlowConsumer(_) => {
+                    // The client dropped messages of a subscription this loop did not read
+                    // fast enough.
+                    link.figures.dropped.fetch_add(1, Relaxed);
                 }
                 other => tracing::debug!(event = %other, "bus event"),
             },
@@ -415,26 +444,19 @@ async fn run(
                 }
                 Effect::Subscribe(sub) => {
                     let subject = pattern(&config.world, sub);
-                    let h = subscribe(&client, subject, Route::Cells, &in_tx, &link).await;
-                    if let Some(h) = h {
-                        if let Some(old) = subs.insert(sub, h) {
-                            old.abort();
+                    if let Some((feed, stop)) = subscribe(&client, subject, Route::Cells).await {
+                        feeds.push(feed);
+                        if let Some(old) = subs.insert(sub, stop) {
+                            old.stop();
                         }
                     }
                 }
                 Effect::Unsubscribe(sub) => {
-                    if let Some(h) = subs.remove(&sub) {
-                        // Dropping the subscriber unsubscribes.
-                        h.abort();
+                    if let Some(stop) = subs.remove(&sub) {
+                        stop.stop();
                     }
                 }
                 Effect::Note(line) => tracing::info!("{line}"),
-            }
-        }
-        if let Some(batch) = bridge.take() {
-            let batch = Arc::new(batch);
-            for w in 0..workers {
-                mail.post(w, Box::new(batch.clone()));
             }
         }
         let c = bridge.counts();
@@ -459,36 +481,72 @@ async fn run(
         .await;
     }
     publisher.abort();
-    for h in subs.into_values().chain(fixed) {
-        h.abort();
+}
+
+/// Ends a [`Feed`] from outside: it yields `None` at its next poll (woken now), and
+/// dropping its subscriber unsubscribes.
+struct Stop {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.flag.store(true, Relaxed);
+        self.waker.wake();
     }
 }
 
-/// Subscribes to `subject` and forwards what arrives to the bridge as come through `route`
-/// (dropping and counting when its queue is full).
+/// A subscription's messages, tagged with their route, until stopped.
+struct Feed {
+    sub: async_nats::Subscriber,
+    route: Route,
+    stop: Arc<Stop>,
+}
+
+impl futures_util::Stream for Feed {
+    type Item = (Route, Bytes);
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.stop.waker.register(cx.waker());
+        if this.stop.flag.load(Relaxed) {
+            return std::task::Poll::Ready(None);
+        }
+        this.sub
+            .poll_next_unpin(cx)
+            .map(|m| m.map(|m| (this.route, m.payload)))
+    }
+}
+
+/// Subscribes to `subject`: its feed, and the handle that ends it.
 async fn subscribe(
     client: &async_nats::Client,
     subject: String,
     route: Route,
-    to: &mpsc::Sender<(Route, Bytes)>,
-    link: &Arc<Link>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let mut sub = match client.subscribe(subject.clone()).await {
+) -> Option<(Feed, Arc<Stop>)> {
+    let sub = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(subject, error = %e, "cannot subscribe");
             return None;
         }
     };
-    let to = to.clone();
-    let link = link.clone();
-    Some(tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if to.try_send((route, m.payload)).is_err() {
-                link.figures.dropped.fetch_add(1, Relaxed);
-            }
-        }
-    }))
+    let stop = Arc::new(Stop {
+        flag: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+    });
+    Some((
+        Feed {
+            sub,
+            route,
+            stop: stop.clone(),
+        },
+        stop,
+    ))
 }
 
 /// Publishes what the bridge queued, in order; while the bus is down nothing is buffered
