@@ -597,7 +597,8 @@ def scale_out_section(w, c):
     o, t = one["cluster"], two["cluster"]
     cpu1 = o["server_cpu_s"] / max(1, o["deliveries"])
     cpu2 = (t["server_cpu_s"] + t["nats_cpu_s"]) / max(1, t["deliveries"])
-    w(f"Crossing the bus, {o['players']:,} players on one core: p99 "
+    w(f"Crossing the bus, {o['players']:,} players on one core (the two processes may write "
+      f"{t['writes'] or 60000:,} times a second each, together what the single process may): p99 "
       f"{latency([two])} on two processes against {latency([one])} on one "
       f"({ratio(two['latency']['p99_us'], one['latency']['p99_us'])}); CPU per delivery, "
       f"nats-server included, {ratio(cpu2, cpu1)} of the single process's. A move from "

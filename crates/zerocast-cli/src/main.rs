@@ -242,10 +242,11 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Servers log at info by default; the demo and the load generator print tables, which
-    // log lines would cut into, so they log warnings only. RUST_LOG overrides either.
+    // log lines would cut into, so they log warnings only. RUST_LOG overrides either. The NATS
+    // client logs every failed reconnection attempt at info: the world says it once itself.
     let default_level = match cli.command {
         Command::Demo(_) | Command::Load(_) => "warn",
-        _ => "info",
+        _ => "info,async_nats=warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -48,15 +48,19 @@ struct Nats {
 
 impl Nats {
     fn start() -> Self {
-        // A free port: bound and released (the server binds it a moment later).
+        let mut n = Self::absent();
+        n.restart();
+        n
+    }
+
+    /// A port for a server not started yet: bound and released (the server binds it later).
+    fn absent() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut n = Self { port, child: None };
-        n.restart();
-        n
+        Self { port, child: None }
     }
 
     fn url(&self) -> String {
@@ -102,6 +106,10 @@ struct Process {
 impl Process {
     /// A 1,000-unit world of 100-unit cells in which players may go anywhere at once.
     fn start(nats: &Nats, world: &str) -> Self {
+        Self::start_logging(nats, world, Stdio::null())
+    }
+
+    fn start_logging(nats: &Nats, world: &str, stderr: Stdio) -> Self {
         let url = nats.url();
         let args = [
             "world",
@@ -122,8 +130,7 @@ impl Process {
             "--presence-timeout",
             "3",
         ];
-        let (child, lines) =
-            start_printing(&args, Stdio::null(), &["listening on ", "metrics on "]);
+        let (child, lines) = start_printing(&args, stderr, &["listening on ", "metrics on "]);
         Self {
             child,
             addr: lines[0].parse().unwrap(),
@@ -433,4 +440,46 @@ fn a_killed_process_s_players_vanish_and_the_others_play_on() {
         pace(&mut [(&mut pa, 150.0, 150.0), (&mut pc, 150.0, 250.0)], 4);
         pa.moves_of(pc.id).len() >= before + 10
     }));
+}
+
+#[test]
+fn a_bus_unreachable_at_start_is_logged_once_and_joined_when_it_comes() {
+    if !have_nats() {
+        return;
+    }
+    let mut nats = Nats::absent();
+    let mut a = Process::start_logging(&nats, "late", Stdio::piped());
+    let b = Process::start(&nats, "late");
+    let mut pa = Player::join(a.addr);
+    let mut pa2 = Player::join(a.addr);
+    let mut pb = Player::join(b.addr);
+    // Local play without the bus.
+    assert!(wait_until(WAIT, || {
+        pace(&mut [(&mut pa, 150.0, 150.0), (&mut pa2, 160.0, 150.0)], 4);
+        pa.moves_of(pa2.id).len() >= 10
+    }));
+    assert_eq!(a.figure("zerocast_world_bus_connected"), 0.0);
+    assert!(pa.moves_of(pb.id).is_empty());
+    // The bus comes: the processes find each other and b's moves reach a.
+    nats.restart();
+    until_joined(&[&a, &b], 1.0);
+    assert!(wait_until(WAIT, || {
+        pace(
+            &mut [
+                (&mut pa, 150.0, 150.0),
+                (&mut pa2, 160.0, 150.0),
+                (&mut pb, 250.0, 150.0),
+            ],
+            4,
+        );
+        pa.moves_of(pb.id).len() >= 10
+    }));
+    a.kill();
+    let log = common::stderr_of(&mut a.child);
+    assert_eq!(
+        log.matches("the bus is unreachable").count(),
+        1,
+        "logged once:\n{log}"
+    );
+    assert!(!log.contains("IO error"), "one line, not one per attempt:\n{log}");
 }

@@ -156,6 +156,8 @@ impl Link {
 pub struct Cluster {
     link: Arc<Link>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Closed when the bus thread ends.
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -185,6 +187,7 @@ impl Cluster {
             figures: Figures::default(),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let cell_size = world.cell_size;
         // What arrives is handed to the shards this often: they use it at their ticks, and
         // a wake-up per message would cost them more than the message.
@@ -194,6 +197,8 @@ impl Cluster {
             std::thread::Builder::new()
                 .name("zerocast-bus".into())
                 .spawn(move || {
+                    // Dropped (the channel closed) however this thread ends.
+                    let _done = done_tx;
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -211,6 +216,7 @@ impl Cluster {
             Ok(Ok(())) => Ok(Self {
                 link,
                 thread: Some(thread),
+                done,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -238,13 +244,23 @@ impl Cluster {
     }
 
     /// Says goodbye to the other processes (they forget this one's players at once) and
-    /// stops the bus thread, waiting at most a second for the goodbye to go out.
+    /// stops the bus thread, waiting at most a second for the goodbye to go out. A thread
+    /// still waiting on an unreachable bus after three seconds is left behind (the process is
+    /// exiting), with a warning: shutting down never hangs on the bus.
     pub fn shutdown(&mut self) {
         self.link.stop.store(true, Relaxed);
         self.link.to_bus.wake.notify_one();
         self.link.started.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        match self.done.recv_timeout(Duration::from_secs(3)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("the bus thread did not stop within 3 s (the bus is unreachable)");
+            }
+            _ => {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -512,13 +528,21 @@ impl futures_util::Stream for Feed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.stop.waker.register(cx.waker());
         if this.stop.flag.load(Relaxed) {
             return std::task::Poll::Ready(None);
         }
-        this.sub
-            .poll_next_unpin(cx)
-            .map(|m| m.map(|m| (this.route, m.payload)))
+        match this.sub.poll_next_unpin(cx) {
+            std::task::Poll::Ready(m) => std::task::Poll::Ready(m.map(|m| (this.route, m.payload))),
+            std::task::Poll::Pending => {
+                // Registered only when waiting, then checked again: a stop between the first
+                // check and the registration is not missed.
+                this.stop.waker.register(cx.waker());
+                if this.stop.flag.load(Relaxed) {
+                    return std::task::Poll::Ready(None);
+                }
+                std::task::Poll::Pending
+            }
+        }
     }
 }
 
