@@ -481,5 +481,8 @@ fn a_bus_unreachable_at_start_is_logged_once_and_joined_when_it_comes() {
         1,
         "logged once:\n{log}"
     );
-    assert!(!log.contains("IO error"), "one line, not one per attempt:\n{log}");
+    assert!(
+        !log.contains("IO error"),
+        "one line, not one per attempt:\n{log}"
+    );
 }
