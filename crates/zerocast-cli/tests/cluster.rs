@@ -447,6 +447,16 @@ fn a_bus_unreachable_at_start_is_logged_once_and_joined_when_it_comes() {
     if !have_nats() {
         return;
     }
+    // A process that finds the bus at start says nothing of it being unreachable.
+    let early = Nats::start();
+    let mut c = Process::start_logging(&early, "early", Stdio::piped());
+    until_joined(&[&c], 0.0);
+    assert!(wait_until(WAIT, || c
+        .figure("zerocast_world_bus_connected")
+        == 1.0));
+    c.kill();
+    let log = common::stderr_of(&mut c.child);
+    assert!(!log.contains("unreachable"), "{log}");
     let mut nats = Nats::absent();
     let mut a = Process::start_logging(&nats, "late", Stdio::piped());
     let b = Process::start(&nats, "late");

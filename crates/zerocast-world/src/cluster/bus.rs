@@ -309,9 +309,9 @@ fn pattern(world: &str, sub: Sub) -> String {
 /// none, and a thousand subscriptions must not hold a thousand big queues.
 const SUBSCRIPTION_QUEUE: usize = 256;
 
-/// Back-off between reconnection attempts: 100 ms doubling to 5 s.
+/// Back-off before attempt `attempts` (2 and up: after a failure): 100 ms doubling to 5 s.
 fn backoff(attempts: usize) -> Duration {
-    let exp = attempts.saturating_sub(1).min(6) as u32;
+    let exp = attempts.saturating_sub(2).min(6) as u32;
     Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
 }
 
@@ -336,6 +336,11 @@ async fn run(
             .client_capacity(config.queue.max(64))
             .subscription_capacity(SUBSCRIPTION_QUEUE)
             .reconnect_delay_callback(move |attempts| {
+                // The client counts the attempt it is about to make: 1 is the first try of a
+                // (re)connection, not a failure.
+                if attempts <= 1 {
+                    return Duration::ZERO;
+                }
                 if !warned.swap(true, Relaxed) {
                     tracing::warn!(
                         url = %url,
