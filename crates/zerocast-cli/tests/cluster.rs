@@ -245,11 +245,16 @@ impl Player {
             .collect()
     }
 
-    /// Every player named in a `Moved` or `Entered` received.
-    fn seen(&self) -> HashSet<u64> {
+    /// How many frames arrived so far: a mark for [`Player::seen_since`].
+    fn mark(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Every player named in a `Moved` or `Entered` received after `mark`.
+    fn seen_since(&self, mark: usize) -> HashSet<u64> {
         let got = self.got.lock().unwrap();
         let mut ids = HashSet::new();
-        for (id, p) in got.iter() {
+        for (id, p) in got.iter().skip(mark) {
             match *id {
                 Moved::ID => ids.extend(Moved::decode(p).map(|m| m.id.get())),
                 Entered::ID => ids.extend(Entered::decode(p).map(|m| m.id.get())),
@@ -320,8 +325,21 @@ fn three_processes_share_one_world_by_area_of_interest() {
         );
         pa.moves_of(pb.id).len() >= 20 && pb.moves_of(pa.id).len() >= 20
     }));
-    assert!(!pa.seen().contains(&pc.id), "a never hears of c");
-    assert!(!pc.seen().contains(&pa.id) && !pc.seen().contains(&pb.id));
+    // Spawn points hash the ids, so c may have started next to a: out of range is judged
+    // from here on, once everyone is in place and a has heard plenty of b.
+    let (mark_a, mark_c) = (pa.mark(), pc.mark());
+    let heard_of_b = pa.moves_of(pb.id).len();
+    assert!(wait_until(WAIT, || {
+        pace(
+            &mut [(&mut pa, ax, ay), (&mut pb, bx, by), (&mut pc, cx, cy)],
+            4,
+        );
+        pa.moves_of(pb.id).len() >= heard_of_b + 20
+    }));
+    let (seen_by_a, seen_by_c) = (pa.seen_since(mark_a), pc.seen_since(mark_c));
+    assert!(seen_by_a.contains(&pb.id));
+    assert!(!seen_by_a.contains(&pc.id), "a hears of c, out of range");
+    assert!(!seen_by_c.contains(&pa.id) && !seen_by_c.contains(&pb.id));
     // Every move a received is from a player in range of a (all of b's: in range).
     let (ca, cb) = (cell(ax + 9.0, ay + 9.0), cell(bx, by));
     for (x, y) in pa.moves_of(pb.id) {
