@@ -313,14 +313,23 @@ fn three_processes_share_one_world_by_area_of_interest() {
     let mut pa = Player::join(a.addr);
     let mut pb = Player::join(b.addr);
     let mut pc = Player::join(c.addr);
+    // b's second player, two cells east of a: out of range. b's events in two cells of one
+    // zone go out as one bundle, of which a takes only the cell it sees.
+    let mut pb2 = Player::join(b.addr);
     // Ids are unique across processes: each carries its process's node id.
     let nodes: HashSet<u64> = [pa.id, pb.id, pc.id].iter().map(|id| id >> 32).collect();
     assert_eq!(nodes.len(), 3, "{:x} {:x} {:x}", pa.id, pb.id, pc.id);
     // a at (150, 150); b one cell east (in range); c far away.
     let (ax, ay, bx, by, cx, cy) = (150.0, 150.0, 250.0, 150.0, 850.0, 850.0);
+    let (b2x, b2y) = (350.0, 150.0);
     assert!(wait_until(WAIT, || {
         pace(
-            &mut [(&mut pa, ax, ay), (&mut pb, bx, by), (&mut pc, cx, cy)],
+            &mut [
+                (&mut pa, ax, ay),
+                (&mut pb, bx, by),
+                (&mut pc, cx, cy),
+                (&mut pb2, b2x, b2y),
+            ],
             4,
         );
         pa.moves_of(pb.id).len() >= 20 && pb.moves_of(pa.id).len() >= 20
@@ -331,7 +340,12 @@ fn three_processes_share_one_world_by_area_of_interest() {
     let heard_of_b = pa.moves_of(pb.id).len();
     assert!(wait_until(WAIT, || {
         pace(
-            &mut [(&mut pa, ax, ay), (&mut pb, bx, by), (&mut pc, cx, cy)],
+            &mut [
+                (&mut pa, ax, ay),
+                (&mut pb, bx, by),
+                (&mut pc, cx, cy),
+                (&mut pb2, b2x, b2y),
+            ],
             4,
         );
         pa.moves_of(pb.id).len() >= heard_of_b + 20
@@ -339,6 +353,14 @@ fn three_processes_share_one_world_by_area_of_interest() {
     let (seen_by_a, seen_by_c) = (pa.seen_since(mark_a), pc.seen_since(mark_c));
     assert!(seen_by_a.contains(&pb.id));
     assert!(!seen_by_a.contains(&pc.id), "a hears of c, out of range");
+    assert!(
+        !seen_by_a.contains(&pb2.id),
+        "a hears of b's second, out of range"
+    );
+    assert!(
+        a.figure("zerocast_world_bus_bundles_total") > 0.0,
+        "b's bundles reach a"
+    );
     assert!(!seen_by_c.contains(&pa.id) && !seen_by_c.contains(&pb.id));
     // Every move a received is from a player in range of a (all of b's: in range).
     let (ca, cb) = (cell(ax + 9.0, ay + 9.0), cell(bx, by));

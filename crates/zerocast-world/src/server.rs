@@ -111,7 +111,7 @@ impl WorldSnapshot {
             rows.extend([
                 row("bus_connected", G, "1 while connected to the NATS server.", b.connected),
                 row("bus_published", C, "Messages published on the bus.", b.published),
-                row("bus_received", C, "Messages received from other world processes.", b.received),
+                row("bus_received", C, "Messages received from other world processes.", b.bridge.received),
                 row(
                     "bus_dropped",
                     C,
@@ -119,21 +119,27 @@ impl WorldSnapshot {
                     b.dropped,
                 ),
                 row("bus_unsent", C, "Messages not published because the bus was down.", b.unsent),
-                row("bus_bad", C, "Messages from the bus refused as malformed.", b.bad),
-                row("bus_nodes", G, "Other world processes heard from within the timeout.", b.nodes),
-                row("bus_remote_players", G, "Other processes' players known here.", b.remote_players),
-                row("bus_cells", G, "Area-of-interest cells this process's players see.", b.cells),
+                row("bus_bad", C, "Messages from the bus refused as malformed.", b.bridge.bad),
+                row("bus_nodes", G, "Other world processes heard from within the timeout.", b.bridge.nodes),
+                row("bus_remote_players", G, "Other processes' players known here.", b.bridge.remote_players),
+                row("bus_cells", G, "Area-of-interest cells this process's players see.", b.bridge.cells),
                 row(
                     "bus_subscriptions",
                     G,
-                    "Bus subscriptions: a cell's, or one for a whole region where most of it is seen.",
-                    b.subscriptions,
+                    "Bus subscriptions: a cell's, or one for a whole region where most of it is seen; a zone's.",
+                    b.bridge.subscriptions,
                 ),
                 row(
                     "bus_duplicates",
                     C,
                     "Messages that came through two subscriptions and were used once.",
-                    b.duplicates,
+                    b.bridge.duplicates,
+                ),
+                row(
+                    "bus_bundles",
+                    C,
+                    "Bundles received: one message with a tick's events in several cells of a zone.",
+                    b.bridge.bundles,
                 ),
             ]);
         }

@@ -30,6 +30,8 @@ pub fn node_of(id: EntityId) -> u32 {
 pub enum Topic {
     /// A cell's subject: its events and presence.
     Cell(Cell),
+    /// A zone's subject: bundles of its cells' events (see [`ZONE`]).
+    Zone(Cell),
     /// Global chat.
     Global,
     /// Heartbeats, goodbyes and wants: every process listens.
@@ -39,7 +41,7 @@ pub enum Topic {
 /// Which subscription a message came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// A cell's or a region's.
+    /// A cell's, a region's or a zone's.
     Cells,
     /// Global chat's.
     Global,
@@ -61,6 +63,22 @@ pub fn region_of((x, y): Cell) -> Cell {
     (x.div_euclid(REGION), y.div_euclid(REGION))
 }
 
+/// Cells are grouped in square zones this many cells wide (8 × 8 regions): a process whose
+/// players made events in [`BUNDLE_FROM`] cells or more of one zone in a tick publishes them
+/// as one message on the zone's subject, and every process listens to each zone it sees a
+/// cell of. On the bus the cost is per message, not per byte: a process with players all
+/// over the map has events in hundreds of cells a tick, and one message per cell made the
+/// bus threads cost as much as the game. A zone's bundle may carry cells a listener does not
+/// see: it skips them (a zone is at most 64 × 64 cells of one tick's events).
+pub const ZONE: i32 = 64;
+/// A tick's events in this many cells of one zone or more go out as one bundle.
+pub const BUNDLE_FROM: usize = 2;
+
+/// The zone holding `cell`.
+pub fn zone_of((x, y): Cell) -> Cell {
+    (x.div_euclid(ZONE), y.div_euclid(ZONE))
+}
+
 /// A subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Sub {
@@ -68,6 +86,8 @@ pub enum Sub {
     Cell(Cell),
     /// Every cell of a region (see [`REGION`]).
     Region(Cell),
+    /// A zone's bundles (see [`ZONE`]).
+    Zone(Cell),
 }
 
 /// What the bridge asks the bus to do, in order.
@@ -96,11 +116,14 @@ pub struct BridgeCounts {
     pub remote_players: u64,
     /// Cells this process's players see.
     pub cells: u64,
-    /// Subscriptions to cells and regions.
+    /// Subscriptions to cells, regions and zones.
     pub subscriptions: u64,
     /// Messages received twice (through a cell's and its region's subscription) and used
     /// once, or older than the last 1,024 of their sender's.
     pub duplicates: u64,
+    /// Bundles received (counted in `received` too): one message with a tick's events in
+    /// several cells of a zone.
+    pub bundles: u64,
 }
 
 /// The last [`SeqWindow::SPAN`] message numbers seen from one process.
@@ -173,6 +196,8 @@ pub struct Bridge {
     interest: FxHashMap<Cell, u32>,
     /// How the cells seen are subscribed to, by region.
     regions: FxHashMap<Cell, RegionState>,
+    /// How many cells seen each zone holds (its subscription lives while that is not 0).
+    zones: FxHashMap<Cell, u32>,
     subscriptions: u64,
     /// This process's next message number.
     seq: u64,
@@ -199,6 +224,7 @@ impl Bridge {
             local: Cells::new(cell_size),
             interest: FxHashMap::default(),
             regions: FxHashMap::default(),
+            zones: FxHashMap::default(),
             subscriptions: 0,
             seq: 0,
             seen: FxHashMap::default(),
@@ -300,12 +326,27 @@ impl Bridge {
                 }
             }
         }
+        let mut zones: FxHashMap<Cell, Vec<(Cell, Bytes)>> = FxHashMap::default();
         for (cell, c) in cells {
             let from = self.origin();
-            out.push(Effect::Publish(
-                Topic::Cell(cell),
-                wire::events(from, cell, &c.players, &c.gone, &c.frames),
-            ));
+            let part = wire::events(from, cell, &c.players, &c.gone, &c.frames);
+            zones.entry(zone_of(cell)).or_default().push((cell, part));
+        }
+        for (zone, parts) in zones {
+            if parts.len() < BUNDLE_FROM {
+                for (cell, part) in parts {
+                    out.push(Effect::Publish(Topic::Cell(cell), part));
+                }
+                continue;
+            }
+            let parts: Vec<Bytes> = parts.into_iter().map(|(_, p)| p).collect();
+            for chunk in parts.chunks(MAX_RECORDS) {
+                let from = self.origin();
+                out.push(Effect::Publish(
+                    Topic::Zone(zone),
+                    wire::bundle(from, zone, chunk),
+                ));
+            }
         }
         if !global.is_empty() {
             let from = self.origin();
@@ -344,6 +385,11 @@ impl Bridge {
     /// region is seen (the new subscription first, then the old ones go: no gap; what
     /// arrives twice meanwhile is used once).
     fn cell_gained(&mut self, c: Cell, out: &mut Vec<Effect>) {
+        let z = self.zones.entry(zone_of(c)).or_insert(0);
+        *z += 1;
+        if *z == 1 {
+            self.subscribe(Sub::Zone(zone_of(c)), out);
+        }
         let r = region_of(c);
         let mut st = self.regions.get(&r).copied().unwrap_or_default();
         st.wanted += 1;
@@ -362,6 +408,13 @@ impl Bridge {
 
     /// Cell `c` is no longer seen (already out of `interest`).
     fn cell_lost(&mut self, c: Cell, out: &mut Vec<Effect>) {
+        if let Entry::Occupied(mut z) = self.zones.entry(zone_of(c)) {
+            *z.get_mut() -= 1;
+            if *z.get() == 0 {
+                z.remove();
+                self.unsubscribe(Sub::Zone(zone_of(c)), out);
+            }
+        }
         let r = region_of(c);
         let Some(mut st) = self.regions.get(&r).copied() else {
             return;
@@ -430,7 +483,7 @@ impl Bridge {
 
     /// A message received through `route` at `now`.
     pub fn remote(&mut self, route: Route, bytes: &Bytes, now: Instant, out: &mut Vec<Effect>) {
-        let m = match wire::decode(bytes) {
+        let (m, parts) = match Self::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
                 self.counts.bad += 1;
@@ -445,11 +498,15 @@ impl Bridge {
         let foreign = |id: &EntityId| node_of(*id) != m.node;
         let misplaced = !matches!(
             (m.kind, route),
-            (Kind::Events | Kind::Presence, Route::Cells)
+            (Kind::Events | Kind::Presence | Kind::Bundle, Route::Cells)
                 | (Kind::Global, Route::Global)
                 | (Kind::Heartbeat | Kind::Bye | Kind::Want, Route::Control)
         );
-        if misplaced || m.players.iter().map(|p| &p.0).any(foreign) || m.gone.iter().any(foreign) {
+        let forged = |m: &wire::Message| {
+            m.players.iter().map(|p| &p.0).any(foreign) || m.gone.iter().any(foreign)
+        };
+        let forged_part = parts.iter().any(|p| p.node != m.node || forged(p));
+        if misplaced || forged(&m) || forged_part {
             self.counts.bad += 1;
             self.last_error = Some(WireError::Invalid);
             return;
@@ -463,22 +520,11 @@ impl Bridge {
             out.push(Effect::Note(format!("world process {:08x} joined", m.node)));
         }
         match m.kind {
-            Kind::Events | Kind::Presence => {
-                for &(id, pos) in &m.players {
-                    self.remote_at(id, pos);
-                }
-                for &id in &m.gone {
-                    self.remote_gone(id);
-                }
-                let cell = m.cell;
-                if m.count > 0 && self.sees(cell) {
-                    // Copied (tens of bytes): a slice would keep the NATS client's whole
-                    // read buffer alive for as long as the shards keep the tick.
-                    self.inbound.cells.push(CellEvents {
-                        cell,
-                        buf: SendBuffer::from(Bytes::copy_from_slice(&m.frames)),
-                        count: m.count,
-                    });
+            Kind::Events | Kind::Presence => self.cell_news(&m),
+            Kind::Bundle => {
+                self.counts.bundles += 1;
+                for p in &parts {
+                    self.cell_news(p);
                 }
             }
             Kind::Global => {
@@ -495,6 +541,41 @@ impl Bridge {
                     self.presence(c, out);
                 }
             }
+        }
+    }
+
+    /// Decodes a message, and a bundle's parts (every one an events message, or the whole
+    /// bundle is refused).
+    fn decode(bytes: &Bytes) -> Result<(wire::Message, Vec<wire::Message>), WireError> {
+        let m = wire::decode(bytes)?;
+        let mut parts = Vec::with_capacity(m.parts.len());
+        for p in &m.parts {
+            let p = wire::decode(p)?;
+            if p.kind != Kind::Events {
+                return Err(WireError::Invalid);
+            }
+            parts.push(p);
+        }
+        Ok((m, parts))
+    }
+
+    /// An events or presence message about one cell: where its players are now, who left,
+    /// and the frames for the players who see it (none if this process sees none of it).
+    fn cell_news(&mut self, m: &wire::Message) {
+        for &(id, pos) in &m.players {
+            self.remote_at(id, pos);
+        }
+        for &id in &m.gone {
+            self.remote_gone(id);
+        }
+        if m.count > 0 && self.sees(m.cell) {
+            // Copied (tens of bytes): a slice would keep the NATS client's whole read buffer
+            // alive for as long as the shards keep the tick.
+            self.inbound.cells.push(CellEvents {
+                cell: m.cell,
+                buf: SendBuffer::from(Bytes::copy_from_slice(&m.frames)),
+                count: m.count,
+            });
         }
     }
 
@@ -760,13 +841,95 @@ mod tests {
             .count();
         assert_eq!(unsubscribed, 9);
         assert_eq!(b.take().unwrap().left, vec![id(B, 7)]);
-        // The move is published to the old cell too (its watchers see it go) and the new.
+        // The move is published to the old cell too (its watchers see it go) and the new:
+        // two cells of one zone, so in one bundle.
         let p = published(&out);
+        let (topic, bundle) = p.iter().find(|(_, m)| m.kind == Kind::Bundle).unwrap();
+        assert_eq!(*topic, Topic::Zone((0, 0)));
+        let parts: Vec<_> = bundle
+            .parts
+            .iter()
+            .map(|b| wire::decode(b).unwrap())
+            .collect();
         for c in [(1, 1), (5, 5)] {
-            assert!(p
-                .iter()
-                .any(|(t, m)| *t == Topic::Cell(c) && m.players.len() == 1));
+            assert!(parts.iter().any(|m| m.cell == c && m.players.len() == 1));
         }
+    }
+
+    /// A tick's events in three cells: two of zone (0, 0) go as one bundle on its subject,
+    /// the lone one of zone (1, 0) on its cell's; a listener takes from the bundle only the
+    /// cells it sees, and refuses whole a bundle with a forged part.
+    #[test]
+    fn a_zone_s_cells_go_as_one_bundle_and_listeners_skip_what_they_do_not_see() {
+        let mut a = Bridge::new(A, 1, 100.0, Duration::from_secs(3));
+        let mut out = Vec::new();
+        let frame = |n: u8| {
+            let mut f = vec![28, 0, 0x02, 0x02];
+            f.extend_from_slice(&[n; 24]);
+            SendBuffer::from(Bytes::from(f))
+        };
+        let (near, far, other) = ((1, 1), (3, 1), (70, 0));
+        let cells = [near, far, other]
+            .iter()
+            .enumerate()
+            .map(|(i, &cell)| CellEvents {
+                cell,
+                buf: frame(i as u8),
+                count: 1,
+            })
+            .collect();
+        let positions = vec![
+            (id(A, 1), [150.0, 150.0, 0.0]),
+            (id(A, 2), [350.0, 150.0, 0.0]),
+            (id(A, 3), [7050.0, 50.0, 0.0]),
+        ];
+        let batch = TickBatch {
+            tick: 1,
+            cells,
+            positions,
+            ..TickBatch::default()
+        };
+        a.local(Arc::new(batch), &mut out);
+        let bytes_on = |topic| {
+            out.iter()
+                .find_map(|e| match e {
+                    Effect::Publish(t, b) if *t == topic => Some(b.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let bundle = bytes_on(Topic::Zone((0, 0)));
+        let lone = wire::decode(&bytes_on(Topic::Cell(other))).unwrap();
+        assert_eq!((lone.kind, lone.count), (Kind::Events, 1));
+        let m = wire::decode(&bundle).unwrap();
+        assert_eq!((m.kind, m.parts.len()), (Kind::Bundle, 2));
+        assert!(!published(&out)
+            .iter()
+            .any(|(t, _)| matches!(t, Topic::Cell(c) if *c == near || *c == far)));
+        // B's player at (150, 150) sees cells 0..=2 across: `near`, not `far`.
+        let mut b = Bridge::new(B, 1, 100.0, Duration::from_secs(3));
+        let t0 = Instant::now();
+        b.local(
+            tick(1, vec![(id(B, 1), [150.0, 150.0, 0.0])], vec![]),
+            &mut out,
+        );
+        b.remote(Route::Cells, &bundle, t0, &mut out);
+        let got = b.take().unwrap();
+        assert_eq!(got.positions, vec![(id(A, 1), [150.0, 150.0, 0.0])]);
+        assert_eq!(got.cells.len(), 1);
+        assert_eq!(got.cells[0].cell, near);
+        assert_eq!(got.cells[0].buf.as_bytes(), frame(0).as_bytes());
+        // A bundle from A carrying a part that claims to be another process's.
+        let forged_part = wire::events(from_b(1), near, &[], &[], &[]);
+        let honest_part = wire::events(Origin { node: A, seq: 90 }, near, &[], &[], &[]);
+        let forged = wire::bundle(
+            Origin { node: A, seq: 91 },
+            (0, 0),
+            &[honest_part, forged_part],
+        );
+        b.remote(Route::Cells, &forged, t0, &mut out);
+        assert_eq!(b.counts().bad, 1);
+        assert!(b.take().is_none());
     }
 
     #[test]
@@ -836,11 +999,13 @@ mod region_tests {
                 let own = subs.contains(&Sub::Cell(c));
                 let whole = subs.contains(&Sub::Region(region_of(c)));
                 assert!(own ^ whole, "{c:?}: cell {own} region {whole}");
+                assert!(subs.contains(&Sub::Zone(zone_of(c))), "{c:?}: its zone");
             }
             for s in subs {
                 match *s {
                     Sub::Cell(c) => assert!(b.sees(c), "{c:?} subscribed, not seen"),
                     Sub::Region(r) => assert!(b.wanted_in(r).len() as u32 >= CELLS_BELOW),
+                    Sub::Zone(z) => assert!(b.interest.keys().any(|&c| zone_of(c) == z)),
                 }
             }
             assert_eq!(b.counts().subscriptions, subs.len() as u64);
@@ -870,6 +1035,7 @@ mod region_tests {
         assert!(subs.iter().all(|s| match *s {
             Sub::Cell(c) => c.0 >= 49,
             Sub::Region(r) => r.0 >= 6,
+            Sub::Zone(z) => z == (0, 0),
         }));
     }
 

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -17,7 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, Notify};
 
-use super::bridge::{region_of, Bridge, Effect, Route, Sub, Topic};
+use super::bridge::{region_of, Bridge, BridgeCounts, Effect, Route, Sub, Topic};
 use super::ClusterConfig;
 use crate::core::TickBatch;
 use crate::rules::WorldConfig;
@@ -30,39 +30,23 @@ pub struct BusFigures {
     pub connected: u64,
     /// Messages published.
     pub published: u64,
-    /// Messages received from other processes.
-    pub received: u64,
     /// Messages dropped because a queue toward or from the bus was full (the oldest go).
     pub dropped: u64,
     /// Messages not published because the bus was down.
     pub unsent: u64,
-    /// Messages refused as malformed.
-    pub bad: u64,
-    /// Other processes heard from within the timeout.
-    pub nodes: u64,
-    /// Other processes' players known here.
-    pub remote_players: u64,
-    /// Cells this process's players see.
-    pub cells: u64,
-    /// Subscriptions (a cell's, or a whole region's).
-    pub subscriptions: u64,
-    /// Messages that came twice and were used once.
-    pub duplicates: u64,
+    /// What the bridge counted: messages received, refused, bundled, twice; processes,
+    /// players, cells and subscriptions.
+    pub bridge: BridgeCounts,
 }
 
 #[derive(Default)]
 struct Figures {
     connected: AtomicU64,
     published: AtomicU64,
-    received: AtomicU64,
     dropped: AtomicU64,
     unsent: AtomicU64,
-    bad: AtomicU64,
-    nodes: AtomicU64,
-    remote_players: AtomicU64,
-    cells: AtomicU64,
-    subscriptions: AtomicU64,
-    duplicates: AtomicU64,
+    /// Stored by the bus thread after each turn of its loop, read by metrics scrapes.
+    bridge: Mutex<BridgeCounts>,
 }
 
 /// A bounded queue that drops its oldest entry when full, with a wake-up.
@@ -137,15 +121,9 @@ impl Link {
         BusFigures {
             connected: g(&f.connected),
             published: g(&f.published),
-            received: g(&f.received),
             dropped: g(&f.dropped),
             unsent: g(&f.unsent),
-            bad: g(&f.bad),
-            nodes: g(&f.nodes),
-            remote_players: g(&f.remote_players),
-            cells: g(&f.cells),
-            subscriptions: g(&f.subscriptions),
-            duplicates: g(&f.duplicates),
+            bridge: *f.bridge.lock().unwrap_or_else(PoisonError::into_inner),
         }
     }
 }
@@ -291,6 +269,7 @@ fn subject(world: &str, topic: Topic) -> String {
             let (rx, ry) = region_of(c);
             format!("zerocast.{world}.cell.{rx}.{ry}.{}.{}", c.0, c.1)
         }
+        Topic::Zone((x, y)) => format!("zerocast.{world}.zone.{x}.{y}"),
         Topic::Global => format!("zerocast.{world}.global"),
         Topic::Control => format!("zerocast.{world}.control"),
     }
@@ -301,6 +280,7 @@ fn pattern(world: &str, sub: Sub) -> String {
     match sub {
         Sub::Cell(c) => subject(world, Topic::Cell(c)),
         Sub::Region((rx, ry)) => format!("zerocast.{world}.cell.{rx}.{ry}.*.*"),
+        Sub::Zone(z) => subject(world, Topic::Zone(z)),
     }
 }
 
@@ -480,15 +460,11 @@ async fn run(
                 Effect::Note(line) => tracing::info!("{line}"),
             }
         }
-        let c = bridge.counts();
-        let f = &link.figures;
-        f.received.store(c.received, Relaxed);
-        f.bad.store(c.bad, Relaxed);
-        f.nodes.store(c.nodes, Relaxed);
-        f.remote_players.store(c.remote_players, Relaxed);
-        f.cells.store(c.cells, Relaxed);
-        f.subscriptions.store(c.subscriptions, Relaxed);
-        f.duplicates.store(c.duplicates, Relaxed);
+        *link
+            .figures
+            .bridge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = bridge.counts();
         if link.stop.load(Relaxed) {
             break;
         }

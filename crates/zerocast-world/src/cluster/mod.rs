@@ -13,11 +13,16 @@
 //!  bye
 //! ```
 //!
-//! - **Subjects.** `zerocast.<world>.cell.<x>.<y>` per cell, `zerocast.<world>.global`, and
+//! - **Subjects.** `zerocast.<world>.cell.<rx>.<ry>.<x>.<y>` per cell (its region first),
+//!   `zerocast.<world>.zone.<x>.<y>` per zone, `zerocast.<world>.global`, and
 //!   `zerocast.<world>.control` (heartbeats, goodbyes, and "who is in these cells?").
 //! - **Per tick** a process publishes one message per cell in which its players produced
-//!   events (every shard's, merged: encoded once), and global chat on one subject. It
-//!   subscribes to exactly the cells its players can see (the 3×3 around each), and when it
+//!   events (every shard's, merged: encoded once), and global chat on one subject. Where it
+//!   has events in several cells of one zone ([`ZONE`] cells wide), those go as one bundle on
+//!   the zone's subject: the bus costs per message, and a process with players all over the
+//!   map has events in hundreds of cells a tick. It subscribes to exactly the cells its
+//!   players can see (the 3×3 around each; a whole region where it sees most of one) and to
+//!   the zones those cells are in, skipping a bundle's cells it does not see; when it
 //!   starts seeing a cell it asks who is there: the processes with players in it answer with
 //!   their positions (so an idle player is seen by a newcomer). What arrives is handed to
 //!   the shards as one more batch and delivered with their next tick: still one write per
@@ -44,7 +49,8 @@ pub(crate) use bus::Link as BusLink;
 pub mod wire;
 
 pub use bridge::{
-    node_of, region_of, Bridge, BridgeCounts, Effect, Route, Sub, Topic, REGION, REMOTE_SHARD,
+    node_of, region_of, zone_of, Bridge, BridgeCounts, Effect, Route, Sub, Topic, BUNDLE_FROM,
+    REGION, REMOTE_SHARD, ZONE,
 };
 pub use bus::{BusFigures, Cluster};
 

@@ -22,6 +22,10 @@
 //! - `gone`: players of the sender that left the cell (moved away or disconnected).
 //! - frames: [`Kind::Events`] and [`Kind::Global`] only; they must be whole frames of the
 //!   world protocol, or the message is refused.
+//! - [`Kind::Bundle`]: `records` parts, each a whole [`Kind::Events`] message prefixed by
+//!   its length (u32 LE); `cell` is the zone the parts' cells are in. One NATS message
+//!   instead of one per cell: on the bus the cost is per message, and a process with players
+//!   all over the map has events in hundreds of cells every tick.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -53,6 +57,9 @@ pub enum Kind {
     /// "Tell me who is in these cells": every process with players there answers with a
     /// [`Kind::Presence`] on the cell's subject.
     Want = 6,
+    /// A tick's events in several cells of one zone, from one process: [`Kind::Events`]
+    /// messages back to back (see [`bundle`]).
+    Bundle = 7,
 }
 
 impl Kind {
@@ -64,6 +71,7 @@ impl Kind {
             4 => Self::Heartbeat,
             5 => Self::Bye,
             6 => Self::Want,
+            7 => Self::Bundle,
             _ => return None,
         })
     }
@@ -90,6 +98,8 @@ pub struct Message {
     pub frames: Bytes,
     /// How many frames `frames` holds.
     pub count: u32,
+    /// The parts, not decoded yet (bundle): slices of the received [`Bytes`].
+    pub parts: Vec<Bytes>,
 }
 
 /// Why a message was refused.
@@ -176,6 +186,22 @@ pub fn events(
         out.put_u64_le(g);
     }
     out.put_slice(frames);
+    out.freeze()
+}
+
+/// A bundle of [`events`] messages (at most [`MAX_RECORDS`]; the excess is not written)
+/// about cells of `zone`.
+pub fn bundle(from: Origin, zone: Cell, parts: &[Bytes]) -> Bytes {
+    let parts = &parts[..parts.len().min(MAX_RECORDS)];
+    let len = parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(HEAD_LEN + len);
+    head(&mut out, Kind::Bundle, parts.len(), 0, from, zone);
+    for p in parts {
+        // An events message is far below 4 GiB: its records are capped, its frames are one
+        // tick of one cell.
+        out.put_u32_le(p.len() as u32);
+        out.put_slice(p);
+    }
     out.freeze()
 }
 
@@ -291,14 +317,26 @@ pub fn decode(bytes: &Bytes) -> Result<Message, WireError> {
         cells: Vec::new(),
         frames: Bytes::new(),
         count: 0,
+        parts: Vec::new(),
     };
     let carries_players = matches!(kind, Kind::Events | Kind::Presence);
     let carries_frames = matches!(kind, Kind::Events | Kind::Global);
-    if (records > 0 && !carries_players && kind != Kind::Want) || (gone > 0 && kind != Kind::Events)
-    {
+    let carries_records = carries_players || matches!(kind, Kind::Want | Kind::Bundle);
+    if (records > 0 && !carries_records) || (gone > 0 && kind != Kind::Events) {
         return Err(WireError::Invalid);
     }
-    if kind == Kind::Want {
+    if kind == Kind::Bundle {
+        m.parts.reserve(records.min(r.0.len() / 4));
+        for _ in 0..records {
+            let len = u32::from_le_bytes(r.take()?) as usize;
+            if len > r.0.len() {
+                return Err(WireError::Truncated);
+            }
+            let at = bytes.len() - r.0.len();
+            m.parts.push(bytes.slice(at..at + len));
+            r.0 = &r.0[len..];
+        }
+    } else if kind == Kind::Want {
         m.cells.reserve(records.min(r.0.len() / CELL_LEN));
         for _ in 0..records {
             m.cells.push((r.i32()?, r.i32()?));
@@ -353,7 +391,7 @@ mod tests {
         );
         assert_eq!(&m.frames[..], &frames[..]);
         let p = decode(&presence(F7, (1, 1), &players)).unwrap();
-        assert_eq!((p.kind, p.players), (Kind::Presence, players));
+        assert_eq!((p.kind, &p.players), (Kind::Presence, &players));
         let g = decode(&global(F7, &frames)).unwrap();
         assert_eq!(
             (g.kind, g.count, &g.frames[..]),
@@ -364,6 +402,27 @@ mod tests {
         for k in [Kind::Heartbeat, Kind::Bye] {
             assert_eq!(decode(&signal(F7, k)).unwrap().kind, k);
         }
+        let parts = [
+            events(F7, (1, 2), &players, &[], &frames),
+            presence(F7, (1, 3), &players),
+        ];
+        let b = decode(&bundle(F7, (0, 0), &parts)).unwrap();
+        assert_eq!(
+            (b.kind, b.cell, &b.parts[..]),
+            (Kind::Bundle, (0, 0), &parts[..])
+        );
+        assert_eq!(decode(&b.parts[0]).unwrap().cell, (1, 2));
+    }
+
+    #[test]
+    fn a_bundle_whose_part_overruns_it_is_refused() {
+        let part = events(F7, (1, 2), &[(1, [0.0; 3])], &[], &frame(0x0202, &[0; 24]));
+        let ok = bundle(F7, (0, 0), &[part.clone(), part]);
+        assert!(decode(&ok).is_ok());
+        assert_eq!(decode(&ok.slice(..ok.len() - 1)), Err(WireError::Truncated));
+        let mut v = ok.to_vec();
+        v.push(0);
+        assert_eq!(decode(&Bytes::from(v)), Err(WireError::Invalid));
     }
 
     #[test]
@@ -398,6 +457,7 @@ mod tests {
                     Kind::Global => global(from, &m.frames),
                     Kind::Heartbeat | Kind::Bye => signal(from, m.kind),
                     Kind::Want => want(from, &m.cells),
+                    Kind::Bundle => bundle(from, m.cell, &m.parts),
                 };
                 // The reserved field is not kept, nor the cell of a kind without one.
                 prop_assert_eq!(&again[..6], &bytes[..6]);
