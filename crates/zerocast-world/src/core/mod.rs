@@ -23,15 +23,14 @@
 //! first where it lies (conflation), so a tick's output is bounded by the players, not by
 //! the events, and a world past its capacity degrades instead of queueing without end.
 
-use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use zerocopy::little_endian::{F32, U16, U64};
 
+mod history;
 #[cfg(test)]
 mod tests;
 mod tick;
@@ -45,6 +44,7 @@ use crate::packets::{
     Rejected, Welcome, PROTOCOL_VERSION,
 };
 use crate::rules::{Body, WorldConfig};
+use history::History;
 use zerocast::frame::HEADER_LEN;
 use zerocast::packet::{FixedPacket, PacketError, VarPacket};
 use zerocast::SendBuffer;
@@ -134,12 +134,6 @@ struct Scratch {
     /// in each global one.
     shared: Vec<SendBuffer>,
     global_counts: Vec<u32>,
-    /// Every retained batch's cell events as `(cell, generation, history entry, batch, index
-    /// in the batch)`, sorted.
-    by_cell: Vec<(Cell, u64, u32, u32, u32)>,
-    /// Where each cell's entries lie in `by_cell` (one lookup per cell of a neighbourhood
-    /// instead of a binary search).
-    cell_ranges: FxHashMap<Cell, (u32, u32)>,
     /// This shard's players to deliver, by cell and window start (their last delivery),
     /// sorted.
     due: Vec<(Cell, u64, EntityId)>,
@@ -173,7 +167,7 @@ pub struct Core {
     generation: u64,
     /// The batches of the last ticks, own first, newest last: a player delivered every
     /// `stride` ticks receives the events of every tick since its last delivery.
-    history: VecDeque<(u64, Vec<Arc<TickBatch>>)>,
+    history: History,
     left: Vec<EntityId>,
     counts: Counts,
     scratch: Scratch,
@@ -200,7 +194,7 @@ impl Core {
             global: Building::default(),
             out: BytesMut::new(),
             generation: 0,
-            history: VecDeque::new(),
+            history: History::default(),
             left: Vec::new(),
             counts: Counts::default(),
             scratch: Scratch::default(),

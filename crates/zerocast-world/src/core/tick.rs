@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use zerocopy::little_endian::{F32, U64};
 
+use super::history::History;
 use super::{Core, Player, Scratch, MOVED_LEN};
 use crate::aoi::{around, Cell, Cells, EntityId};
 use crate::packets::{Entered, Left, Moved};
@@ -159,39 +160,22 @@ impl Core {
         let mut batches = Vec::with_capacity(1 + remote.len());
         batches.push(own);
         batches.extend(remote.iter().filter(|r| r.shard != self.shard).cloned());
-        self.history.push_back((gen, batches));
-        while self
-            .history
-            .front()
-            .is_some_and(|(g, _)| g + 2 * stride < gen)
-        {
-            self.history.pop_front();
+        self.history.push(gen, batches);
+        if let Some(upto) = gen.checked_sub(2 * stride + 1) {
+            self.history.forget_upto(upto);
         }
         let mut sc: Scratch = std::mem::take(&mut self.scratch);
         sc.shared.clear();
         sc.global_counts.clear();
-        sc.by_cell.clear();
         let mut global_gens = Vec::new();
-        for (hi, (g, bs)) in self.history.iter().enumerate() {
-            for (bi, b) in bs.iter().enumerate() {
-                for (ci, c) in b.cells.iter().enumerate() {
-                    sc.by_cell
-                        .push((c.cell, *g, hi as u32, bi as u32, ci as u32));
-                }
+        for (g, bs) in self.history.ticks() {
+            for b in bs {
                 if let Some((buf, n)) = &b.global {
                     sc.shared.push(buf.clone());
                     sc.global_counts.push(*n);
                     global_gens.push(*g);
                 }
             }
-        }
-        sc.by_cell.sort_unstable_by_key(|&(cell, g, ..)| (cell, g));
-        sc.cell_ranges.clear();
-        let mut start = 0;
-        for run in sc.by_cell.chunk_by(|a, b| a.0 == b.0) {
-            let end = start + run.len() as u32;
-            sc.cell_ranges.insert(run[0].0, (start, end));
-            start = end;
         }
         let tick_buf = sc.shared.len();
         // The players due: those whose turn it is, and any that waited a whole stride (the
@@ -217,13 +201,8 @@ impl Core {
             // event of its 3×3 cells since the group's last delivery.
             sc.segments.clear();
             for k in around(cell) {
-                let Some(&(from, to)) = sc.cell_ranges.get(&k) else {
-                    continue;
-                };
-                for &(_, tg, hi, bi, ci) in &sc.by_cell[from as usize..to as usize] {
-                    if tg > since {
-                        sc.segments.push((tg, k, hi, bi, ci, 0));
-                    }
+                for (tg, ti, bi, ci) in self.history.since(k, since) {
+                    sc.segments.push((tg, k, ti, bi, ci, 0));
                 }
             }
             let nb_start = buf.len();
@@ -237,7 +216,7 @@ impl Core {
             } else {
                 let mut n = 0u64;
                 for seg in &mut sc.segments {
-                    let ce = &self.history[seg.2 as usize].1[seg.3 as usize].cells[seg.4 as usize];
+                    let ce = self.history.events(seg.2, seg.3, seg.4);
                     seg.5 = buf.len();
                     buf.extend_from_slice(ce.buf.as_bytes());
                     n += u64::from(ce.count);
@@ -412,16 +391,9 @@ fn push_part(parts: &mut Vec<Part>, buffer: usize, range: Range<usize>) {
 /// Lays the neighbourhood's segments out into `buf` keeping each mover's latest position
 /// only; records where each kept move lies (`sc.own_at`, sorted). Returns the frames laid
 /// out and those left out.
-fn lay_out_latest(
-    history: &std::collections::VecDeque<(u64, Vec<Arc<TickBatch>>)>,
-    sc: &mut Scratch,
-    buf: &mut BytesMut,
-) -> (u64, u64) {
+fn lay_out_latest(history: &History, sc: &mut Scratch, buf: &mut BytesMut) -> (u64, u64) {
     let cells = |seg: &(u64, Cell, u32, u32, u32, usize)| {
-        history[seg.2 as usize].1[seg.3 as usize].cells[seg.4 as usize]
-            .buf
-            .as_bytes()
-            .clone()
+        history.events(seg.2, seg.3, seg.4).buf.as_bytes().clone()
     };
     // Where each mover's latest position lies: (generation, segment, offset).
     sc.latest.clear();
