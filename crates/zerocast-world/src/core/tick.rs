@@ -392,13 +392,15 @@ fn push_part(parts: &mut Vec<Part>, buffer: usize, range: Range<usize>) {
 /// only; records where each kept move lies (`sc.own_at`, sorted). Returns the frames laid
 /// out and those left out.
 fn lay_out_latest(history: &History, sc: &mut Scratch, buf: &mut BytesMut) -> (u64, u64) {
-    let cells = |seg: &(u64, Cell, u32, u32, u32, usize)| {
-        history.events(seg.2, seg.3, seg.4).buf.as_bytes().clone()
-    };
+    // Borrowed from the history, not cloned: a clone of a buffer frozen from a `Vec` the
+    // first time allocates its shared header.
+    fn cells<'h>(history: &'h History, seg: &(u64, Cell, u32, u32, u32, usize)) -> &'h [u8] {
+        history.events(seg.2, seg.3, seg.4).buf.as_bytes()
+    }
     // Where each mover's latest position lies: (generation, segment, offset).
     sc.latest.clear();
     for (si, seg) in sc.segments.iter().enumerate() {
-        for (at, mover) in moved_frames(&cells(seg)) {
+        for (at, mover) in moved_frames(cells(history, seg)) {
             let e = sc.latest.entry(mover).or_insert((seg.0, si, at));
             if seg.0 > e.0 {
                 *e = (seg.0, si, at);
@@ -408,7 +410,7 @@ fn lay_out_latest(history: &History, sc: &mut Scratch, buf: &mut BytesMut) -> (u
     let (mut kept, mut left) = (0, 0);
     sc.own_at.clear();
     for si in 0..sc.segments.len() {
-        let bytes = cells(&sc.segments[si]);
+        let bytes = cells(history, &sc.segments[si]);
         sc.segments[si].5 = buf.len();
         let mut at = 0;
         while let Some(len) = frame_at(&bytes, at) {
