@@ -1,5 +1,6 @@
 """The benchmark document: docs/BENCHMARKS.md and its chart, written from one run's results
 (bench/run.py gathers them; nothing here is typed in by hand)."""
+import math
 import os
 
 from common import (BROADCAST_SERVERS, CAPACITY_P99_US, CAPACITY_TIGHT_P99_US, ECHO_SERVERS,
@@ -617,4 +618,14 @@ def scale_out_section(w, c):
       f"; each process may write {x['writes'] or 60000:,} times a second (`--max-writes-per-sec`: "
       "over that a player is written every few ticks, its neighbours' moves conflated in "
       "between).")
+    per_proc = x["players"] / max(1, x["processes"])
+    tick_s = (x.get("tick_ms") or 50) / 1000
+    stride = max(1, math.ceil(per_proc / tick_s / (x["writes"] or 60000)))
+    w("")
+    every = "tick" if stride == 1 else f"{stride} ticks"
+    w(f"With {per_proc:,.0f} players a process, that budget writes each player every "
+      f"{every} ({stride * tick_s:.2f} s when the ticks keep time): the floor of this "
+      "case's latency whatever the bus does, and the ticks run late when the CPUs are "
+      "saturated. A process's events in several cells of one zone (64 × 64 cells) go as one "
+      "bundle, so the messages published are a few per zone and tick, not one per cell.")
     w("")

@@ -78,11 +78,20 @@ impl History {
         let q = self.index.get(&cell);
         let from = q.map_or(0, |q| q.partition_point(|e| e.0 <= since));
         q.into_iter().flat_map(move |q| {
-            q.range(from..).map(move |&(g, bi, ci)| {
-                let ti = self.ticks.partition_point(|(t, _)| *t < g);
-                (g, ti as u32, bi, ci)
-            })
+            q.range(from..)
+                .map(move |&(g, bi, ci)| (g, self.tick_entry(g), bi, ci))
         })
+    }
+
+    /// Where tick `gen` (retained) lies in `ticks`: one tick a generation is the rule, so
+    /// its distance from the oldest, unless a generation was skipped.
+    fn tick_entry(&self, gen: u64) -> u32 {
+        let first = self.ticks.front().map_or(0, |(g, _)| *g);
+        let guess = gen.wrapping_sub(first) as usize;
+        if self.ticks.get(guess).is_some_and(|(g, _)| *g == gen) {
+            return guess as u32;
+        }
+        self.ticks.partition_point(|(t, _)| *t < gen) as u32
     }
 
     /// The cell events at `(tick entry, batch, index)`, as [`History::since`] named them.
