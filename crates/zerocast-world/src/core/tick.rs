@@ -413,7 +413,7 @@ fn lay_out_latest(history: &History, sc: &mut Scratch, buf: &mut BytesMut) -> (u
         let bytes = cells(history, &sc.segments[si]);
         sc.segments[si].5 = buf.len();
         let mut at = 0;
-        while let Some(len) = frame_at(&bytes, at) {
+        while let Some(len) = frame_at(bytes, at) {
             let frame = &bytes[at..at + len];
             let keep = match moved_frame(frame) {
                 Some(mover) => {
