@@ -73,6 +73,10 @@ struct ServerArgs {
     /// Pin workers to these CPUs, comma-separated (e.g. 0,1).
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
+    /// With --cpus: keep each worker's memory on its CPU's NUMA node: auto (where the
+    /// machine has more than one node), bind (always), off.
+    #[arg(long, value_enum, default_value = "auto")]
+    numa: NumaArg,
     /// Print the counters to stderr every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -113,6 +117,23 @@ enum BackendArg {
     Epoll,
     Uring,
     Auto,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NumaArg {
+    Auto,
+    Bind,
+    Off,
+}
+
+impl From<NumaArg> for zerocast::Numa {
+    fn from(n: NumaArg) -> Self {
+        match n {
+            NumaArg::Auto => Self::Auto,
+            NumaArg::Bind => Self::Bind,
+            NumaArg::Off => Self::Off,
+        }
+    }
 }
 
 impl From<BackendArg> for Backend {
@@ -209,6 +230,7 @@ impl ServerArgs {
         let mut b = defaults(Engine::builder())
             .max_frame(self.max_frame)
             .pin_cpus(self.cpus.clone())
+            .numa(self.numa.into())
             .reuse_port(self.reuse_port)
             .write_delay(Duration::from_secs_f64(self.write_delay.max(0.0) / 1e3));
         if let Some(backend) = self.backend {

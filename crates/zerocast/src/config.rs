@@ -85,11 +85,26 @@ impl Backend {
     }
 }
 
+/// Whether a pinned worker keeps its memory on its CPU's NUMA node (see
+/// [`Builder::numa`](crate::Builder::numa)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Numa {
+    /// Bind where it matters: on a machine with more than one node. On one node there is
+    /// nothing to gain, and the engine says so once in its log. The default.
+    #[default]
+    Auto,
+    /// Bind on any machine, one node included (the policy is set and can be read back).
+    Bind,
+    /// Never bind.
+    Off,
+}
+
 /// Engine settings; each is documented on its [`Builder`](crate::Builder) method.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) workers: usize,
     pub(crate) cpus: Vec<usize>,
+    pub(crate) numa: Numa,
     pub(crate) max_frame: usize,
     pub(crate) backlog: i32,
     pub(crate) reuse_port: bool,
@@ -115,6 +130,7 @@ impl Default for Config {
         Self {
             workers: sys::available_cpus(),
             cpus: Vec::new(),
+            numa: Numa::Auto,
             max_frame: LengthPrefixed::MAX,
             backlog: 4096,
             reuse_port: false,

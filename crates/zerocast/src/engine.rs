@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Numa};
 use crate::driver::core::EngineShared;
 use crate::driver::inbox::{Command, WorkerShared};
 use crate::driver::metrics::WorkerMetrics;
@@ -65,6 +65,19 @@ impl Builder {
     /// Pins worker `i` to CPU `cpus[i % cpus.len()]`. Default: no pinning.
     pub fn pin_cpus(mut self, cpus: Vec<usize>) -> Self {
         self.config.cpus = cpus;
+        self
+    }
+
+    /// Whether a pinned worker keeps its memory on its CPU's NUMA node. Default
+    /// [`Numa::Auto`]: where the machine has more than one node, each pinned worker, once
+    /// pinned and before it builds anything, sets its thread's memory policy to prefer its
+    /// CPU's node (`set_mempolicy`), so its receive memory, slabs and queues are allocated
+    /// there, and binds each chunk of its send-buffer pool to that node (`mbind`). Preferred
+    /// rather than strict: a full node falls back to another instead of failing the
+    /// allocation. Unpinned workers move between CPUs and are never bound. What was bound
+    /// where is logged; [`numa`](crate::numa) reads it back.
+    pub fn numa(mut self, numa: Numa) -> Self {
+        self.config.numa = numa;
         self
     }
 
@@ -249,6 +262,12 @@ impl Engine {
         let ctx = Arc::new(EngineShared::new(config, decoder));
         let n = ctx.config.workers;
         tracing::info!(backend = backend.name(), workers = n, "engine starting");
+        if !ctx.config.cpus.is_empty() && ctx.config.numa == Numa::Auto {
+            let nodes = crate::sys::numa::online_nodes();
+            if nodes.len() <= 1 {
+                tracing::info!("one NUMA node here: worker memory is not bound (nothing to gain)");
+            }
+        }
         let mut engine = Self {
             ctx: ctx.clone(),
             backend,

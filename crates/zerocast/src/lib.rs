@@ -50,13 +50,14 @@ pub mod frame;
 mod group;
 mod handler;
 pub mod metrics;
+pub mod numa;
 pub mod packet;
 mod session;
 mod sync;
 mod sys;
 
 pub use buffer::SendBuffer;
-pub use config::Backend;
+pub use config::{Backend, Numa};
 pub use engine::{Builder, Engine};
 pub use group::Group;
 pub use handler::{Context, Frame, Handler, Mail, Start, Tick};

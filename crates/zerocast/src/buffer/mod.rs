@@ -15,7 +15,7 @@ mod send;
 pub use gauges::{chunks_allocated, chunks_in_use, live_send_buffers};
 
 pub use leaks::{live_buffer_origins, track_leaks};
-pub(crate) use pool::thread_chunks_in_use;
+pub(crate) use pool::{bind_thread_pool, thread_chunks_in_use};
 pub use pool::{reclaim_thread_pool, CHUNK_SIZE, POOLED_MAX};
 pub(crate) use recv::RecvChunk;
 pub use send::SendBuffer;

@@ -36,10 +36,15 @@ struct Chunk {
 impl Chunk {
     fn new() -> Self {
         CHUNKS_ALLOCATED.add(1);
-        Self {
-            mem: BytesMut::with_capacity(CHUNK_SIZE),
-            lent: false,
+        let mut mem = BytesMut::with_capacity(CHUNK_SIZE);
+        if let Some(node) = NODE.with(std::cell::Cell::get) {
+            // Before anything is written: the pages are placed on the node when first
+            // touched. A failure leaves the thread's own policy (the same node) in charge.
+            if let Err(e) = crate::sys::numa::prefer_node_for(mem.spare_capacity_mut(), node) {
+                tracing::debug!(node, error = %e, "send chunk not bound to its NUMA node");
+            }
         }
+        Self { mem, lent: false }
     }
 
     /// Takes the chunk back if nothing carved from it is alive. Returns true if it is free.
@@ -89,6 +94,16 @@ thread_local! {
     /// Chunks of this thread's pool with bytes lent out (what `CHUNKS_IN_USE` counts for this
     /// thread): a worker reports its own in its engine's counters.
     static LENT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+thread_local! {
+    /// The NUMA node this thread's chunks are bound to (a pinned worker's).
+    static NODE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Binds the chunks the calling thread's pool allocates from now on to NUMA node `node`.
+pub(crate) fn bind_thread_pool(node: usize) {
+    NODE.with(|n| n.set(Some(node)));
 }
 
 /// Chunks of the calling thread's pool that still have bytes lent out.

@@ -26,8 +26,9 @@ pub(crate) fn spawn(
         .name(format!("zerocast-worker-{i}"))
         .spawn(move || {
             if let Some(cpu) = cpu {
-                if let Err(e) = crate::sys::pin_to_cpu(cpu) {
-                    tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker");
+                match crate::sys::pin_to_cpu(cpu) {
+                    Ok(()) => bind_memory(i, cpu, ctx.config.numa),
+                    Err(e) => tracing::warn!(worker = i, cpu, error = %e, "cannot pin worker"),
                 }
             }
             // Everything the worker owns is built on its own thread (an io_uring instance
@@ -61,4 +62,42 @@ pub(crate) fn spawn(
         .recv()
         .unwrap_or_else(|_| Err(io::Error::other("worker thread died while starting")))?;
     Ok(thread)
+}
+
+/// Keeps the memory of worker `i`, just pinned to `cpu`, on that CPU's NUMA node (see
+/// [`Builder::numa`](crate::Builder::numa)): its thread's policy, and its send-buffer pool's
+/// chunks. Runs before the worker builds anything.
+fn bind_memory(i: usize, cpu: usize, numa: crate::config::Numa) {
+    use crate::config::Numa;
+    use crate::sys::numa;
+    let bind = match numa {
+        Numa::Off => false,
+        Numa::Bind => true,
+        Numa::Auto => numa::online_nodes().len() > 1,
+    };
+    if !bind {
+        return;
+    }
+    let Some(node) = numa::node_of_cpu(cpu) else {
+        tracing::warn!(
+            worker = i,
+            cpu,
+            "cpu names no NUMA node in sysfs: memory not bound"
+        );
+        return;
+    };
+    match numa::prefer_node_for_thread(node) {
+        Ok(()) => {
+            crate::buffer::bind_thread_pool(node);
+            tracing::info!(
+                worker = i,
+                cpu,
+                node,
+                "worker memory bound to its CPU's NUMA node"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(worker = i, cpu, node, error = %e, "cannot bind worker memory to its NUMA node");
+        }
+    }
 }

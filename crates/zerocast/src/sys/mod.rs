@@ -10,6 +10,7 @@
 //! - [`epoll`]: the readiness backend's epoll instance, waiting until a deadline with
 //!   nanosecond precision;
 //! - [`uring`]: the completion backend's ring, its submissions and its provided-buffer ring;
+//! - [`numa`]: memory nodes from sysfs, and the memory policies of pinned workers;
 //! - here: the worker wake-up eventfd and CPU pinning.
 
 use std::io;
@@ -31,6 +32,7 @@ macro_rules! syscall {
 }
 
 pub(crate) mod epoll;
+pub(crate) mod numa;
 pub(crate) mod socket;
 pub(crate) mod uring;
 
