@@ -3,6 +3,8 @@
 import math
 import os
 
+import padding
+
 from common import (BROADCAST_SERVERS, CAPACITY_P99_US, CAPACITY_TIGHT_P99_US, ECHO_SERVERS,
                     LOAD_CPU, NODELAY, SERVER_CPU, TWO_WORKERS, URING, WORLD_SERVERS,
                     cpu_per_message_us, k, latency, machine, med, metric, pct, ratio, server_util,
@@ -409,6 +411,8 @@ def write(r):
     w("")
     if scale_out:
         scale_out_section(w, scale_out)
+    if r.get("padding"):
+        padding.section(w, r["padding"])
     w("## Chart")
     w("")
     w(f"![throughput]({os.path.basename(chart)})")

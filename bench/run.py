@@ -20,6 +20,7 @@ import sys
 import time
 
 import cluster
+import padding
 import report
 from common import (BROADCAST_DELAY_MS, BROADCAST_SERVERS, CAPACITY_P99_US, ECHO_SERVERS,
                     LOAD_CPU, NODELAY, REL, ROOT, SERVER_CPU, SERVER_CPUS, SERVERS, TWO_WORKERS, URING,
@@ -207,6 +208,8 @@ def main():
 
     scale_out = cluster.run(b, quick, warmup, duration)
 
+    pad = padding.run(quick)
+
     steal1 = steal_ticks()
     steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
     elapsed = time.time() - t0
@@ -215,7 +218,8 @@ def main():
                    steal=steal, echo=echo, bcast=bcast, world=world, fixed=fixed, idle=idle,
                    idle_n=idle_n, rate=rate, ref_n=ref_n, conns=conns, clients=clients,
                    bots=bots, hz=hz, commands=b.commands, log_path=b.log_path, chart=chart,
-                   capacity=capacity, delay_ms=BROADCAST_DELAY_MS, cluster=scale_out)
+                   capacity=capacity, delay_ms=BROADCAST_DELAY_MS, cluster=scale_out,
+                   padding=pad)
     L = report.write(results)
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")
