@@ -14,6 +14,7 @@ from common import (BROADCAST_SERVERS, CAPACITY_P99_US, CAPACITY_TIGHT_P99_US, E
 def write(r):
     """Returns the document's lines; `r` holds the run's settings and results."""
     scale_out = r.get("cluster")
+    pad = r.get("padding")
     (quick, runs, duration, warmup, elapsed, steal, echo, bcast, world, fixed, idle, idle_n,
      rate, ref_n, conns, clients, bots, hz, commands, log_path, chart, capacity,
      delay_ms) = (
@@ -411,8 +412,8 @@ def write(r):
     w("")
     if scale_out:
         scale_out_section(w, scale_out)
-    if r.get("padding"):
-        padding.section(w, r["padding"])
+    if pad:
+        padding.section(w, pad)
     w("## Chart")
     w("")
     w(f"![throughput]({os.path.basename(chart)})")
