@@ -55,6 +55,7 @@ pub mod packet;
 mod session;
 mod sync;
 mod sys;
+pub mod ws;
 
 pub use buffer::SendBuffer;
 pub use config::{Backend, Numa};
