@@ -322,16 +322,14 @@ fn three_processes_share_one_world_by_area_of_interest() {
     // a at (150, 150); b one cell east (in range); c far away.
     let (ax, ay, bx, by, cx, cy) = (150.0, 150.0, 250.0, 150.0, 850.0, 850.0);
     let (b2x, b2y) = (350.0, 150.0);
-    assert!(wait_until(WAIT, || {
+    let walk = |pa: &mut Player, pb: &mut Player, pc: &mut Player, pb2: &mut Player| {
         pace(
-            &mut [
-                (&mut pa, ax, ay),
-                (&mut pb, bx, by),
-                (&mut pc, cx, cy),
-                (&mut pb2, b2x, b2y),
-            ],
+            &mut [(pa, ax, ay), (pb, bx, by), (pc, cx, cy), (pb2, b2x, b2y)],
             4,
-        );
+        )
+    };
+    assert!(wait_until(WAIT, || {
+        walk(&mut pa, &mut pb, &mut pc, &mut pb2);
         pa.moves_of(pb.id).len() >= 20 && pb.moves_of(pa.id).len() >= 20
     }));
     // Spawn points hash the ids, so c may have started next to a: out of range is judged
@@ -339,15 +337,7 @@ fn three_processes_share_one_world_by_area_of_interest() {
     let (mark_a, mark_c) = (pa.mark(), pc.mark());
     let heard_of_b = pa.moves_of(pb.id).len();
     assert!(wait_until(WAIT, || {
-        pace(
-            &mut [
-                (&mut pa, ax, ay),
-                (&mut pb, bx, by),
-                (&mut pc, cx, cy),
-                (&mut pb2, b2x, b2y),
-            ],
-            4,
-        );
+        walk(&mut pa, &mut pb, &mut pc, &mut pb2);
         pa.moves_of(pb.id).len() >= heard_of_b + 20
     }));
     let (seen_by_a, seen_by_c) = (pa.seen_since(mark_a), pc.seen_since(mark_c));

@@ -711,6 +711,13 @@ mod tests {
         })
     }
 
+    /// A whole 28-byte frame of packet id 0x0202 (`Moved`) filled with `n`.
+    fn moved_frame(n: u8) -> Vec<u8> {
+        let mut f = vec![28, 0, 0x02, 0x02];
+        f.extend_from_slice(&[n; 24]);
+        f
+    }
+
     fn subs(out: &[Effect]) -> Vec<Cell> {
         let mut v: Vec<Cell> = out
             .iter()
@@ -760,11 +767,7 @@ mod tests {
     fn a_tick_waits_for_every_shard_and_merges_their_cells() {
         let mut b = Bridge::new(A, 2, 100.0, Duration::from_secs(3));
         let mut out = Vec::new();
-        let frames = |n: u8| {
-            let mut f = vec![28, 0, 0x02, 0x02];
-            f.extend_from_slice(&[n; 24]);
-            f
-        };
+        let frames = moved_frame;
         let batch = |shard, n| {
             Arc::new(TickBatch {
                 tick: 5,
@@ -863,11 +866,7 @@ mod tests {
     fn a_zone_s_cells_go_as_one_bundle_and_listeners_skip_what_they_do_not_see() {
         let mut a = Bridge::new(A, 1, 100.0, Duration::from_secs(3));
         let mut out = Vec::new();
-        let frame = |n: u8| {
-            let mut f = vec![28, 0, 0x02, 0x02];
-            f.extend_from_slice(&[n; 24]);
-            SendBuffer::from(Bytes::from(f))
-        };
+        let frame = |n: u8| SendBuffer::from(Bytes::from(moved_frame(n)));
         let (near, far, other) = ((1, 1), (3, 1), (70, 0));
         let cells = [near, far, other]
             .iter()
