@@ -62,6 +62,7 @@ impl Epoll {
         loop {
             match sys::socket::accept(fd) {
                 Ok((socket, peer)) => events.push(Event::Accepted {
+                    listener: index,
                     socket,
                     peer: Some(peer),
                 }),

@@ -98,6 +98,8 @@ pub(crate) enum Event {
     Sent(Token, io::Result<usize>),
     /// A new connection (the peer's address, when the OS gave it).
     Accepted {
+        /// The index [`Backend::listen`] gave its listener.
+        listener: usize,
         socket: OwnedFd,
         peer: Option<SocketAddr>,
     },

@@ -273,7 +273,11 @@ impl Uring {
         if res >= 0 {
             // SAFETY: a successful accept completion's result is a new descriptor we now own.
             let socket = unsafe { OwnedFd::from_raw_fd(res) };
-            events.push(Event::Accepted { socket, peer: None });
+            events.push(Event::Accepted {
+                listener: index,
+                socket,
+                peer: None,
+            });
             return;
         }
         match -res {

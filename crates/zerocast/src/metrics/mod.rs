@@ -68,6 +68,12 @@ pub struct WorkerSnapshot {
     pub slow_consumers: u64,
     /// Farewell frames written before a close (the handler's reason to the client).
     pub farewells: u64,
+    /// WebSocket handshakes completed.
+    pub ws_opened: u64,
+    /// WebSocket upgrade requests refused (HTTP 400 or 426).
+    pub ws_refused: u64,
+    /// WebSocket sessions closed for breaking RFC 6455 (with a close frame and its code).
+    pub ws_errors: u64,
     /// Receive chunks allocated (a chunk is reused once no frame view pins it).
     pub recv_chunks_allocated: u64,
     /// Nanoseconds spent in loop turns that had work.
@@ -152,6 +158,9 @@ impl WorkerSnapshot {
             timeouts,
             slow_consumers,
             farewells,
+            ws_opened,
+            ws_refused,
+            ws_errors,
             recv_chunks_allocated,
             busy_ns,
             turns,
@@ -241,6 +250,24 @@ impl WorkerSnapshot {
                 C,
                 "Farewell frames written before a close.",
                 self.farewells,
+            ),
+            row(
+                "ws_opened",
+                C,
+                "WebSocket handshakes completed.",
+                self.ws_opened,
+            ),
+            row(
+                "ws_refused",
+                C,
+                "WebSocket upgrade requests refused.",
+                self.ws_refused,
+            ),
+            row(
+                "ws_errors",
+                C,
+                "WebSocket sessions closed for breaking RFC 6455.",
+                self.ws_errors,
             ),
             row(
                 "recv_chunks_allocated",
