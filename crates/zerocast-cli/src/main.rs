@@ -64,6 +64,11 @@ struct ServerArgs {
     /// Address to listen on, e.g. 127.0.0.1:7000.
     #[arg(long)]
     listen: SocketAddr,
+    /// Also serve WebSocket clients (browsers): on their own listener at ADDR, or `same` for
+    /// the --listen port, where a connection whose first bytes are `GET ` is taken as
+    /// WebSocket (prints `websocket on ADDR` after the listening line).
+    #[arg(long, value_name = "ADDR|same")]
+    ws: Option<WsListen>,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
@@ -110,6 +115,25 @@ struct ServerArgs {
     /// ticks; 0, read as soon as it arrives, for the others].
     #[arg(long, value_name = "MS")]
     read_delay: Option<f64>,
+}
+
+/// Where `--ws` serves WebSocket.
+#[derive(Clone, Copy, Debug)]
+enum WsListen {
+    Same,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for WsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "same" {
+            return Ok(Self::Same);
+        }
+        s.parse()
+            .map(Self::At)
+            .map_err(|e| format!("{s:?} is neither `same` nor an address: {e}"))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -326,10 +350,24 @@ fn serve(
 ) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let transport = match args.ws {
+        Some(WsListen::Same) => zerocast::Transport::Both,
+        _ => zerocast::Transport::Tcp,
+    };
     let addr = engine
-        .listen(args.listen)
+        .listen_as(args.listen, transport)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
+    match args.ws {
+        Some(WsListen::Same) => println!("websocket on {addr}"),
+        Some(WsListen::At(ws)) => {
+            let bound = engine
+                .listen_websocket(ws)
+                .with_context(|| format!("cannot listen for WebSocket on {ws}"))?;
+            println!("websocket on {bound}");
+        }
+        None => {}
+    }
     tracing::info!(backend = engine.backend().name(), "serving");
     if let Some(m) = args.metrics {
         let bound = metrics_http::serve(m, engine.clone(), extra.clone())
