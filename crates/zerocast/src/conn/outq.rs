@@ -215,8 +215,14 @@ impl OutQueue {
         f: &Framing<'_>,
     ) -> usize {
         w.clear();
-        let lead = f.before.len() + MAX_HEAD;
-        w.cork.resize(lead, 0);
+        let b = f.before.len();
+        let lead = b + MAX_HEAD;
+        if b == 0 {
+            // The common case: a fixed-size reservation, no memset call.
+            w.cork.extend_from_slice(&[0; MAX_HEAD]);
+        } else {
+            w.cork.resize(lead, 0);
+        }
         w.plan.push(Slice::Cork(0, lead));
         let copy_min = if f.mask.is_some() {
             usize::MAX
@@ -232,9 +238,13 @@ impl OutQueue {
             Some(make) if payload > 0 => make(payload),
             _ => ([0; MAX_HEAD], 0),
         };
+        // The header is right-aligned in its array: one fixed-size copy puts it just before
+        // the payload, and `before` goes just before it.
+        w.cork[b..lead].copy_from_slice(&head);
         let start = MAX_HEAD - head_len;
-        w.cork[start..start + f.before.len()].copy_from_slice(f.before);
-        w.cork[start + f.before.len()..lead].copy_from_slice(&head[..head_len]);
+        if b > 0 {
+            w.cork[start..start + b].copy_from_slice(f.before);
+        }
         if let Some(key) = f.mask {
             crate::ws::frame::unmask(&mut w.cork[lead..], key);
         }
@@ -343,7 +353,8 @@ impl OutQueue {
 /// Most bytes a WebSocket frame header takes: 2 to 10, and a client's 4-byte masking key.
 pub(crate) const MAX_HEAD: usize = 14;
 
-/// Makes a frame's header for a payload of the given length: its bytes and how many.
+/// Makes a frame's header for a payload of the given length: its bytes, right-aligned in the
+/// array, and how many.
 pub(crate) type MakeHead = dyn Fn(usize) -> ([u8; MAX_HEAD], usize);
 
 /// How a transport frames one write ([`OutQueue::gather_framed`]).
@@ -360,7 +371,8 @@ pub(crate) struct Framing<'a> {
 }
 
 /// What a framed write carries besides queued bytes, for the transport's accounting once
-/// the kernel says how much it took: `before`, then `head[..head_len]`, then `payload` bytes.
+/// the kernel says how much it took: `before`, then the header (the last `head_len` bytes of
+/// `head`), then `payload` bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Framed {
     pub(crate) before: usize,

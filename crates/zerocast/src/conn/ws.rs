@@ -323,16 +323,18 @@ impl WsConn {
             self.key = (self.next_random() as u32).to_ne_bytes();
         }
         let key = self.key;
+        // Right-aligned (see `MakeHead`).
         let head = move |len: usize| {
             let mut h = [0u8; MAX_HEAD];
             let (b, n) = frame::header(Opcode::Binary, true, len);
-            h[..n].copy_from_slice(&b[..n]);
-            if !client {
-                return (h, n);
+            let m = if client { n + 4 } else { n };
+            let at = MAX_HEAD - m;
+            h[at..at + n].copy_from_slice(&b[..n]);
+            if client {
+                h[at + 1] |= 0x80;
+                h[at + n..].copy_from_slice(&key);
             }
-            h[1] |= 0x80;
-            h[n..n + 4].copy_from_slice(&key);
-            (h, n + 4)
+            (h, m)
         };
         let (limit, head): (usize, Option<&MakeHead>) = if self.owed > 0 {
             (self.owed, None)
@@ -363,7 +365,8 @@ impl WsConn {
         if head > 0 {
             // A new frame began: all of its payload is owed, and the header's unwritten rest
             // goes first next time.
-            self.raw.extend_from_slice(&f.head[head_sent..head]);
+            self.raw
+                .extend_from_slice(&f.head[MAX_HEAD - head + head_sent..]);
             self.owed = f.payload;
             self.done = 0;
         }
