@@ -141,6 +141,7 @@ pub(crate) struct Config {
     pub(crate) read_delay: Duration,
     pub(crate) busy_poll: bool,
     pub(crate) backend: Backend,
+    pub(crate) datagram_rate: u32,
 }
 
 impl Default for Config {
@@ -167,6 +168,7 @@ impl Default for Config {
             read_delay: Duration::ZERO,
             busy_poll: false,
             backend: Backend::Epoll,
+            datagram_rate: 250,
         }
     }
 }

@@ -211,6 +211,13 @@ impl Builder {
         self
     }
 
+    /// Most datagrams a session's channel takes per second (default 250: a game client sends
+    /// tens); the rest of a flood is dropped and counted.
+    pub fn datagram_rate(mut self, per_sec: u32) -> Self {
+        self.config.datagram_rate = per_sec;
+        self
+    }
+
     /// The event loop ([`Backend`]). Default: epoll, or what `ZEROCAST_BACKEND` says.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.config.backend = backend;
@@ -358,6 +365,34 @@ impl Engine {
         socket.listen(self.ctx.config.backlog)?;
         socket.set_nonblocking(true)?;
         Ok(socket)
+    }
+
+    /// Serves datagrams ([`crate::datagram`]) on `addr`'s address: one socket per worker, on
+    /// port `addr.port() + i` for worker `i` (or free ports with port 0), so that a session's
+    /// datagrams reach the worker that owns it. Returns the bound addresses, by worker; a
+    /// session's [`Offer`](crate::datagram::Offer) names its worker's port.
+    ///
+    /// # Errors
+    /// If a socket cannot be bound.
+    pub fn listen_datagrams(&self, addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+        let mut bound = Vec::new();
+        let mut fds = Vec::new();
+        for i in 0..self.workers.len() {
+            let port = if addr.port() == 0 {
+                0
+            } else {
+                addr.port().checked_add(i as u16).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "datagram ports past 65535")
+                })?
+            };
+            let fd = sys::udp::bind(SocketAddr::new(addr.ip(), port))?;
+            bound.push(sys::udp::local_addr(&fd)?);
+            fds.push(fd);
+        }
+        for (worker, fd) in self.workers.iter().zip(fds) {
+            worker.post(Command::Datagrams(fd));
+        }
+        Ok(bound)
     }
 
     /// Opens an outgoing connection served by this engine's handler, like an accepted one.

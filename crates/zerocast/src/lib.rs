@@ -44,6 +44,7 @@
 pub mod buffer;
 mod config;
 mod conn;
+pub mod datagram;
 mod driver;
 mod engine;
 pub mod frame;

@@ -131,6 +131,8 @@ pub(crate) struct Core<B: Backend> {
     accept_stopped: Vec<usize>,
     /// Per listener index: the transport it serves.
     transports: Vec<Transport>,
+    /// The datagram socket, when the engine serves datagrams.
+    pub(super) udp: Option<Box<super::datagram::Udp>>,
     last_accept_warning: Option<Instant>,
     pub(super) shutdown_at: Option<Instant>,
     /// When the output held for coalescing is written (see [`Builder::write_delay`]).
@@ -188,6 +190,7 @@ impl<B: Backend> Core<B> {
             accept_paused_until: None,
             accept_stopped: Vec::new(),
             transports: Vec::new(),
+            udp: None,
             last_accept_warning: None,
             shutdown_at: None,
             write_at: None,
@@ -316,6 +319,7 @@ impl<B: Backend> Core<B> {
             }
             Event::AcceptFailed { listener, error } => self.on_accept_failed(listener, error),
             Event::Released(token) => self.release(token),
+            Event::Datagrams => self.on_datagrams(),
             Event::Woken => {
                 let mut cmds = std::mem::take(&mut self.commands);
                 self.shared.take_inbox(&mut cmds);
@@ -394,6 +398,7 @@ impl<B: Backend> Core<B> {
                     self.close(token, reason);
                 }
             }
+            Command::Datagrams(fd) => self.start_datagrams(fd),
             Command::Session(Notice::Deliver(batch)) => self.deliver_batch(batch),
             Command::Session(Notice::Message(m)) => self.app.message(m),
             Command::Shutdown(deadline) => {

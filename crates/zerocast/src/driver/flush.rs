@@ -77,6 +77,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn post_batches(&mut self) {
+        self.send_datagrams();
         for batch in session::for_outbox(|o| std::mem::take(&mut o.batches)) {
             batch.post();
         }

@@ -23,6 +23,8 @@ pub(crate) enum Command {
     /// Take ownership of a connected socket for this (new) session (a WebSocket client's
     /// state when it speaks WebSocket).
     Register(Sock, Session, Option<Box<WsConn>>),
+    /// Serve datagrams on this socket (see [`crate::datagram`]).
+    Datagrams(Sock),
     /// What a session asks of its owner.
     Session(Notice),
     /// Stop accepting; flush every session's queue until the deadline (none: close at once),
@@ -163,6 +165,7 @@ fn resolve_offline(cmd: Command) {
         Command::Session(Notice::Flush(s)) | Command::Session(Notice::Close(s, _)) => s.retire(),
         Command::Session(Notice::Deliver(_) | Notice::Message(_))
         | Command::Listen(..)
+        | Command::Datagrams(_)
         | Command::Shutdown(_) => {}
     }
 }
