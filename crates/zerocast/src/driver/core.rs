@@ -132,7 +132,7 @@ pub(crate) struct Core<B: Backend> {
     /// Per listener index: the transport it serves.
     transports: Vec<Transport>,
     /// The datagram socket, when the engine serves datagrams.
-    pub(super) udp: Option<Box<super::datagram::Udp>>,
+    pub(super) udp: Option<Box<crate::sys::udp::Udp>>,
     last_accept_warning: Option<Instant>,
     pub(super) shutdown_at: Option<Instant>,
     /// When the output held for coalescing is written (see [`Builder::write_delay`]).

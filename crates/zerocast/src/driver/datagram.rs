@@ -13,19 +13,11 @@ use crate::datagram::channel::Endpoint;
 use crate::frame::{checked, Decoded};
 use crate::handler::Frame;
 use crate::session;
-use crate::sys::udp::{self, RecvBatch, SendBatch, RECV_BATCH, RECV_SLOT};
+use crate::sys::udp::{self, RecvBatch, SendBatch, Udp, RECV_BATCH, RECV_SLOT};
 use crate::sys::Sock;
 
 /// `recvmmsg` batches one turn reads at most; a flood waits for the next turn, others first.
 const BATCHES_PER_TURN: usize = 16;
-
-/// The worker's datagram socket and the kernel-facing batches it reuses.
-pub(crate) struct Udp {
-    fd: Sock,
-    recv: RecvBatch,
-    send: SendBatch,
-    got: Vec<(usize, usize, SocketAddr)>,
-}
 
 impl<B: Backend> Core<B> {
     /// Starts serving datagrams on `fd`.

@@ -35,6 +35,15 @@ pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
 }
 
+/// A worker's datagram socket and the kernel-facing batches it reuses.
+pub(crate) struct Udp {
+    pub(crate) fd: OwnedFd,
+    pub(crate) recv: RecvBatch,
+    pub(crate) send: SendBatch,
+    /// The last batch received: each datagram's offset, length and source.
+    pub(crate) got: Vec<(usize, usize, SocketAddr)>,
+}
+
 /// The kernel's side of a `recvmmsg` batch, reused from call to call.
 pub(crate) struct RecvBatch {
     addrs: Vec<libc::sockaddr_storage>,
