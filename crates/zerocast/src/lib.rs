@@ -60,6 +60,8 @@ pub mod ws;
 
 pub use buffer::SendBuffer;
 pub use config::{Backend, Numa, Transport};
+#[doc(hidden)]
+pub use conn::ws::fuzz_transport;
 pub use engine::{Builder, Engine};
 pub use group::Group;
 pub use handler::{Context, Frame, Handler, Mail, Start, Tick};

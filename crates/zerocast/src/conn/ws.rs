@@ -377,5 +377,81 @@ impl WsConn {
     }
 }
 
+/// Fuzzing entry point (used by `fuzz/` and by the corpus replay test): a server connection
+/// is opened with a valid upgrade, then fed `data[1..]` as the client's bytes, cut into
+/// receives of sizes drawn from `data[0]`. Panics only if an invariant breaks: the stream it
+/// hands on must be exactly the binary payloads a whole-buffer decode finds before the first
+/// error or close, whatever the cuts.
+#[doc(hidden)]
+pub fn fuzz_transport(data: &[u8]) {
+    let Some((&seed, rest)) = data.split_first() else {
+        return;
+    };
+    // The reference: the whole input decoded at once.
+    let mut want = Vec::new();
+    let mut buf = rest.to_vec();
+    let mut d = Decoder::new(MAX_MESSAGE);
+    let mut at = 0;
+    let mut ends_bad = false;
+    while at < buf.len() {
+        match d.decode(&mut buf[at..]) {
+            Ok(Decoded::Frame(f)) => {
+                if matches!(f.opcode, Opcode::Binary | Opcode::Continuation) {
+                    want.extend_from_slice(&buf[at + f.header..at + f.total()]);
+                }
+                at += f.total();
+                if f.opcode == Opcode::Close {
+                    break;
+                }
+            }
+            Ok(Decoded::NeedMore(_)) => break,
+            Err(_) => {
+                ends_bad = true;
+                break;
+            }
+        }
+    }
+    let mut ws = WsConn::server();
+    let upgrade = b"GET / HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert!(ws.receive(BytesMut::from(&upgrade[..])).unwrap().opened);
+    let mut got = Vec::new();
+    let mut failed = false;
+    let mut cut = usize::from(seed % 37) + 1;
+    let mut at = 0;
+    while at < rest.len() {
+        let n = cut.min(rest.len() - at);
+        match ws.receive(BytesMut::from(&rest[at..at + n])) {
+            Ok(input) => {
+                got.extend_from_slice(&input.stream);
+                if input.peer_closed {
+                    break;
+                }
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+        at += n;
+        cut = (cut * 7 + usize::from(seed)) % 61 + 1;
+        assert!(
+            ws.partial.len() <= MAX_MESSAGE + 14,
+            "a partial frame is bounded"
+        );
+    }
+    // A decode error found whole is found in pieces too; nothing after it is passed on (and
+    // what came with it in its receive is dropped).
+    assert_eq!(failed, ends_bad, "the same verdict whatever the cuts");
+    if failed {
+        assert!(
+            want.starts_with(&got),
+            "what was passed on came before the error"
+        );
+    } else {
+        assert!(got == want, "the stream is the binary payloads, in order");
+    }
+}
+
 #[cfg(test)]
 mod tests;
