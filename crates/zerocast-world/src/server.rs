@@ -20,18 +20,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+use zerocast::frame::HEADER_LEN;
 use zerocast::metrics::Row;
 use zerocast::packet::{FixedPacket, PacketError, VarPacket};
 use zerocast::{
     Builder, CloseReason, Context, Fanout, Frame, Handler, Mail, SendBuffer, Session, Start, Tick,
 };
+use zerocopy::little_endian::{F32, U16, U64};
 
 use crate::cluster::BusLink as Link;
 use crate::cluster::{BusFigures, Cluster};
 use crate::core::{Core, Counts, Deliver, EntityId, Part, TickBatch};
 use crate::lockorder::OrderedMutex;
-use crate::packets::{goodbye, Attack, Chat, Goodbye, Join, Move, Ping};
+use crate::packets::{
+    goodbye, reject, Attack, ChannelOffer, Chat, Goodbye, Join, Move, Moved, OpenChannel, Ping,
+};
 use crate::rules::WorldConfig;
 
 /// How many times per tick a world worker reads its sockets (see [`World::configure`]).
@@ -211,6 +215,12 @@ struct ShardState {
     workers: usize,
     mail: Mail,
     sessions: FxHashMap<EntityId, Session>,
+    /// Players whose datagram channel is bound (a datagram of theirs arrived): the moves of
+    /// others reach them by datagram.
+    udp: FxHashSet<EntityId>,
+    /// Scratch for datagram payloads and keyframes.
+    dgram: Vec<u8>,
+    view: Vec<(EntityId, [f32; 3])>,
     /// This shard's batch of the tick being delivered, until every other shard's batch of
     /// that tick has arrived.
     waiting: Option<Arc<TickBatch>>,
@@ -224,22 +234,37 @@ struct ShardState {
     board: Arc<OrderedMutex<Board>>,
 }
 
+/// Every position a datagram player sees is sent again this often (in ticks), so that a
+/// view converges even when the datagram with a player's last move was lost.
+const KEYFRAME_TICKS: u64 = 20;
+
 /// Queues each player's parts on its session, each shared buffer held once per delivery.
 struct Out<'a> {
     sessions: &'a FxHashMap<EntityId, Session>,
     fans: Vec<Fanout>,
+    /// Datagram players: their parts' `Moved` frames go by datagram.
+    udp: &'a FxHashSet<EntityId>,
+    bufs: Vec<SendBuffer>,
+    dgram: &'a mut Vec<u8>,
 }
 
 impl Deliver for Out<'_> {
     fn begin(&mut self, shared: &[SendBuffer]) {
         self.fans.clear();
         self.fans.extend(shared.iter().cloned().map(Fanout::new));
+        self.bufs.clear();
+        if !self.udp.is_empty() {
+            self.bufs.extend(shared.iter().cloned());
+        }
     }
 
     fn player(&mut self, to: EntityId, parts: &[Part]) {
         let Some(session) = self.sessions.get(&to) else {
             return;
         };
+        if self.udp.contains(&to) {
+            return self.split(session, parts);
+        }
         for p in parts {
             // A refused send means the session is closing: the player leaves at its
             // disconnect.
@@ -247,6 +272,60 @@ impl Deliver for Out<'_> {
                 return;
             }
         }
+    }
+}
+
+impl Out<'_> {
+    /// A datagram player's parts: its `Moved` frames copied into datagrams (a few tens of
+    /// bytes each), runs of every other frame queued on the stream as they lie.
+    fn split(&mut self, session: &Session, parts: &[Part]) {
+        self.dgram.clear();
+        for p in parts {
+            let bytes = &self.bufs[p.buffer][p.range.clone()];
+            let (mut at, mut run) = (0, 0);
+            while at + HEADER_LEN <= bytes.len() {
+                let size = usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+                let id = u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]);
+                if size < HEADER_LEN || at + size > bytes.len() {
+                    break; // the core lays out whole frames: not reached
+                }
+                if id == Moved::ID {
+                    if run < at {
+                        let r = p.range.start + run..p.range.start + at;
+                        if self.fans[p.buffer].send(session, r).is_err() {
+                            return;
+                        }
+                    }
+                    push_datagram(session, self.dgram, &bytes[at..at + size]);
+                    run = at + size;
+                }
+                at += size;
+            }
+            if run < bytes.len() {
+                let r = p.range.start + run..p.range.end;
+                if self.fans[p.buffer].send(session, r).is_err() {
+                    return;
+                }
+            }
+        }
+        flush_datagram(session, self.dgram);
+    }
+}
+
+/// Adds a frame to the datagram being filled for `session`, sending it first if the frame
+/// would not fit.
+fn push_datagram(session: &Session, dgram: &mut Vec<u8>, frame: &[u8]) {
+    if dgram.len() + frame.len() > zerocast::datagram::MAX_PAYLOAD {
+        flush_datagram(session, dgram);
+    }
+    dgram.extend_from_slice(frame);
+}
+
+fn flush_datagram(session: &Session, dgram: &mut Vec<u8>) {
+    if !dgram.is_empty() {
+        // Lossy by contract; an unbound or closing channel drops it too.
+        let _ = session.send_datagram(dgram);
+        dgram.clear();
     }
 }
 
@@ -282,14 +361,45 @@ impl ShardState {
             }
             keep
         });
+        let tick = own.tick;
         let mut out = Out {
             sessions: &self.sessions,
             fans: Vec::new(),
+            udp: &self.udp,
+            bufs: Vec::new(),
+            dgram: &mut self.dgram,
         };
         self.core.deliver(own, &self.inbox, self.stride, &mut out);
+        if tick % KEYFRAME_TICKS == 0 {
+            self.keyframe();
+        }
         self.inbox.clear();
         self.inbox.append(&mut later);
         self.report();
+    }
+
+    /// Every datagram player is sent the position of everyone it sees.
+    fn keyframe(&mut self) {
+        for id in &self.udp {
+            let Some(session) = self.sessions.get(id) else {
+                continue;
+            };
+            self.core.view(*id, &mut self.view);
+            self.dgram.clear();
+            for &(e, [x, y, z]) in &self.view {
+                let mut f = [0u8; HEADER_LEN + std::mem::size_of::<Moved>()];
+                Moved {
+                    id: U64::new(e),
+                    x: F32::new(x),
+                    y: F32::new(y),
+                    z: F32::new(z),
+                    velocity: F32::new(0.0),
+                }
+                .encode_into(&mut &mut f[..]);
+                push_datagram(session, &mut self.dgram, &f);
+            }
+            flush_datagram(session, &mut self.dgram);
+        }
     }
 
     fn report(&self) {
@@ -311,12 +421,38 @@ impl ShardState {
     ) -> Result<(), PacketError> {
         let payload = frame.payload();
         let now = Instant::now();
+        if frame.is_datagram() {
+            // Moves and pings only, from a player who joined; the first binds the player's
+            // view to datagrams.
+            if !self.sessions.contains_key(&id) {
+                return Ok(());
+            }
+            if !matches!(frame.id(), Move::ID | Ping::ID) {
+                return Err(PacketError::UnknownId { id: frame.id() });
+            }
+            self.udp.insert(id);
+        }
         let core = &mut self.core;
         match frame.id() {
             Move::ID => core.step(id, Move::decode(payload)?, now),
             Chat::ID => core.chat(id, Chat::decode(payload)?, payload, now),
             Attack::ID => core.attack(id, Attack::decode(payload)?, now),
             Ping::ID => core.ping(id, Ping::decode(payload)?),
+            OpenChannel::ID if !frame.is_datagram() => {
+                OpenChannel::decode(payload)?;
+                match session.open_datagrams() {
+                    Ok(o) => {
+                        let offer = ChannelOffer {
+                            token: U64::new(o.token),
+                            key: o.key,
+                            port: U16::new(o.port),
+                        };
+                        let _ = session.send(offer.encode());
+                    }
+                    Err(_) => core.refuse(id, OpenChannel::ID, reject::NO_CHANNEL),
+                }
+                Ok(())
+            }
             Join::ID => {
                 core.join(id, Join::decode(payload)?, now)?;
                 self.sessions.insert(id, session.clone());
@@ -442,6 +578,9 @@ impl Handler for World {
             workers: start.workers,
             mail: start.mail.clone(),
             sessions: FxHashMap::default(),
+            udp: FxHashSet::default(),
+            dgram: Vec::new(),
+            view: Vec::new(),
             waiting: None,
             inbox: Vec::new(),
             late: 0,
@@ -465,6 +604,7 @@ impl Handler for World {
             return;
         };
         let id = self.entity(cx.session);
+        st.udp.remove(&id);
         if st.sessions.remove(&id).is_some() {
             st.core.leave(id);
             st.report();

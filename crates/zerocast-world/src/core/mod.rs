@@ -222,6 +222,26 @@ impl Core {
         self.counts
     }
 
+    /// Refuses a packet of player `id` the server handles outside the core: `Rejected` with
+    /// `reason` goes with its next delivery.
+    pub fn refuse(&mut self, id: EntityId, packet: u16, reason: u8) {
+        self.reject(id, packet, reason);
+    }
+
+    /// Where every other player that `id` sees stands now (its 3×3 cells), into `out`.
+    pub fn view(&self, id: EntityId, out: &mut Vec<(EntityId, [f32; 3])>) {
+        out.clear();
+        let Some(me) = self.cells.get(id) else {
+            return;
+        };
+        let mut ids = Vec::new();
+        self.cells.near_ids(me.cell, id, &mut ids);
+        out.extend(
+            ids.into_iter()
+                .filter_map(|e| self.cells.get(e).map(|s| (e, s.pos))),
+        );
+    }
+
     fn reject(&mut self, id: EntityId, packet: u16, reason: u8) {
         let Some(p) = self.players.get_mut(&id) else {
             return;

@@ -121,6 +121,22 @@ impl Ping {
     }
 }
 
+/// `0x0106`: open the unreliable channel. The server answers with
+/// [`ChannelOffer`](crate::packets::ChannelOffer), or [`Rejected`](crate::packets::Rejected)
+/// ([`reject::NO_CHANNEL`](crate::packets::reject::NO_CHANNEL)) if it serves no datagrams.
+/// Once the server has a datagram from the client, the moves of others reach it by datagram
+/// (newest wins, every position resent each second), everything else still on the stream.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct OpenChannel {
+    /// 1.
+    pub version: u8,
+}
+
+fixed_packet!(OpenChannel, 0x0106);
+
 /// `0x0104`: a chat line: one channel byte, then UTF-8 text of at most [`MAX_CHAT`] bytes.
 pub struct Chat;
 

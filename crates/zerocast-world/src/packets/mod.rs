@@ -17,6 +17,8 @@ pub mod reject {
     pub const NO_TARGET: u8 = 3;
     /// The player sends this packet faster than the server accepts it.
     pub const RATE_LIMITED: u8 = 4;
+    /// [`OpenChannel`](crate::packets::OpenChannel) to a server that serves no datagrams.
+    pub const NO_CHANNEL: u8 = 5;
 }
 
 /// Chat channels.
@@ -40,8 +42,8 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Attack, Chat, ChatText, Join, Move, Ping};
+pub use client::{Attack, Chat, ChatText, Join, Move, OpenChannel, Ping};
 pub use server::{
-    goodbye, Attacked, ChatFrom, ChatLine, Entered, Goodbye, GoodbyeText, Left, Moved, Pong,
-    Rejected, Welcome, MAX_GOODBYE,
+    goodbye, Attacked, ChannelOffer, ChatFrom, ChatLine, Entered, Goodbye, GoodbyeText, Left,
+    Moved, Pong, Rejected, Welcome, MAX_GOODBYE,
 };

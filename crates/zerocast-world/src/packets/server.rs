@@ -116,6 +116,22 @@ pub struct Rejected {
 }
 fixed_packet!(Rejected, 0x0207);
 
+/// `0x020A`: the answer to [`OpenChannel`](crate::packets::OpenChannel): what datagrams need
+/// (`zerocast::datagram::Offer`, docs/PROTOCOL.md "Datagrams").
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct ChannelOffer {
+    /// Names the session in every datagram.
+    pub token: U64,
+    /// Keys the datagrams' tags.
+    pub key: [u8; 16],
+    /// The server's datagram port (on the address the client reached over TCP).
+    pub port: U16,
+}
+fixed_packet!(ChannelOffer, 0x020A);
+
 /// `0x0208`: the answer to a [`Ping`](crate::packets::Ping).
 #[derive(
     Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
