@@ -9,7 +9,8 @@
 //! by `.ci/run`, which installs it), where they fail.
 //!
 //! `ZEROCAST_SCREENSHOTS=DIR` keeps the screenshots there (`live-view.png`, and
-//! `live-view-play.png` from the player test): docs/live-view.png is made with
+//! `live-view-play.png` from the player test; a relative DIR is the workspace's):
+//! docs/live-view.png is made with
 //! `ZEROCAST_SCREENSHOTS=docs cargo test -p zerocast-cli --test browser`.
 
 mod common;
@@ -347,7 +348,9 @@ fn pixels_of(png_bytes: &[u8], colour: [u8; 3], rect: Rect) -> usize {
 
 fn keep(name: &str, png_bytes: &[u8]) {
     if let Ok(dir) = std::env::var("ZEROCAST_SCREENSHOTS") {
-        let path = std::path::Path::new(&dir).join(name);
+        // A relative directory is the workspace's (tests run in their crate's directory).
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let path = root.join(dir).join(name);
         std::fs::write(&path, png_bytes).unwrap();
         eprintln!("screenshot kept in {}", path.display());
     }
