@@ -300,7 +300,7 @@ fn world_with_bots(extra: &[&str], prefixes: &[&str]) -> (Running, Running, Vec<
     let mut all = vec!["listening on "];
     all.extend_from_slice(prefixes);
     all.push("http on ");
-    let (server, lines) = start_printing(&args, Stdio::null(), &all);
+    let (server, lines) = start_printing(&args, Stdio::piped(), &all);
     let server = Running(server);
     let bots = Running(
         Command::new(env!("CARGO_BIN_EXE_zerocast"))
@@ -358,7 +358,8 @@ fn keep(name: &str, png_bytes: &[u8]) {
 
 #[test]
 fn the_live_view_serves_its_files_its_state_and_metrics() {
-    let (_server, _bots, lines) = world_with_bots(&["--metrics", "127.0.0.1:0"], &["metrics on "]);
+    let (mut server, _bots, lines) =
+        world_with_bots(&["--metrics", "127.0.0.1:0"], &["metrics on "]);
     let http = &lines[2];
     assert!(get(http, "/").contains("<canvas id=\"map\""));
     assert!(get(http, "/app.js").contains("function eachFrame"));
@@ -385,6 +386,13 @@ fn the_live_view_serves_its_files_its_state_and_metrics() {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    // A browser's idle connection holds nothing up: the next request is answered.
+    let idle = TcpStream::connect(http.as_str()).unwrap();
+    assert!(get(http, "/state.json").contains("\"players\""));
+    drop(idle);
+    // And the server still stops cleanly.
+    let (status, err) = common::terminate(&mut server.0, WAIT);
+    assert!(status.success(), "{err}");
 }
 
 #[test]
