@@ -396,6 +396,37 @@ fn the_live_view_serves_its_files_its_state_and_metrics() {
 }
 
 #[test]
+fn metrics_at_the_live_views_address_share_its_server() {
+    // A free port (the kernel could hand it to someone else before the server binds it:
+    // then the server says "cannot serve the live view" and this test fails loudly).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    let args = [
+        "world",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        &at,
+        "--metrics",
+        &at,
+    ];
+    let prefixes = ["listening on ", "metrics on ", "http on "];
+    let (mut server, lines) = start_printing(&args, Stdio::piped(), &prefixes);
+    assert_eq!(
+        (lines[1].as_str(), lines[2].as_str()),
+        (at.as_str(), at.as_str())
+    );
+    assert!(common::metric_sum(&get(&at, "/metrics"), "zerocast_world_players").is_some());
+    assert!(get(&at, "/").contains("<canvas"));
+    let (status, err) = common::terminate(&mut server, WAIT);
+    assert!(status.success(), "{err}");
+}
+
+#[test]
 fn the_live_view_in_chromium_draws_every_player() {
     let Some(exe) = chromium() else {
         return;
