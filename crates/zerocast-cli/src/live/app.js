@@ -233,7 +233,8 @@ function showFigures() {
   figuresEl.dataset.players = state.players.length;
   figuresEl.textContent =
     `players ${fmt(f.players)} · deliveries/s ${fmt(f.deliveries_per_sec)} · moves/s ${fmt(f.moves_per_sec)}` +
-    ` · tick p99 ≤ ${fmt(f.tick_p99_ms, 3)} ms · msgs/write ${fmt(f.messages_per_write, 1)}` +
+    ` · tick p99 ${f.tick_p99_ms === null ? "-" : `≤ ${fmt(f.tick_p99_ms, 3)} ms`}` +
+    ` · msgs/write ${fmt(f.messages_per_write, 1)}` +
     (f.delivery_stride > 1 ? ` · over capacity: every ${f.delivery_stride} ticks` : "");
 }
 

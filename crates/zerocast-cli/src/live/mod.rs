@@ -64,7 +64,6 @@ pub fn serve(addr: SocketAddr, live: Live) -> std::io::Result<SocketAddr> {
                     live.open.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
-                let live = live.clone();
                 let spawned = std::thread::Builder::new()
                     .name("zerocast-http-conn".into())
                     .spawn({
