@@ -88,7 +88,7 @@ struct ServerArgs {
     metrics: Option<SocketAddr>,
     /// Also accept clients over WebSocket (RFC 6455) on ADDR, any path: each binary message
     /// carries whole protocol frames, both ways (docs/PROTOCOL.md, "WebSocket"). Prints
-    /// `ws on ADDR` after the listening line.
+    /// `websocket on ADDR` after the listening line.
     #[arg(long, value_name = "ADDR")]
     ws: Option<SocketAddr>,
     /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
@@ -349,9 +349,8 @@ fn listen_ws(_engine: &Engine, _addr: SocketAddr) -> std::io::Result<SocketAddr>
 /// (its live view shows the map, and its play button is off).
 pub const WEBSOCKET_BUILT: bool = false;
 
-/// Listens, prints `listening on ADDR` (then `metrics on`, `ws on`, `http on` for the
-/// servers asked for, in that order; `metrics on` comes just before `http on` when they share
-/// an address), and runs until SIGINT or SIGTERM. `live`: the live
+/// Listens, prints `listening on ADDR` (then `websocket on`, `metrics on`, `http on` for the
+/// servers asked for, in that order), and runs until SIGINT or SIGTERM. `live`: the live
 /// view's address and world (`world --http`).
 fn serve(
     engine: Engine,
@@ -365,6 +364,15 @@ fn serve(
         .listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
+    let ws = match args.ws {
+        Some(a) => {
+            let bound = listen_ws(&engine, a)
+                .with_context(|| format!("cannot listen for WebSocket on {a}"))?;
+            println!("websocket on {bound}");
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(backend = engine.backend().name(), "serving");
     // `--metrics` at the live view's address: the live view serves /metrics too.
     let shared_metrics = args.metrics.is_some() && args.metrics == live.as_ref().map(|l| l.0);
@@ -373,15 +381,6 @@ fn serve(
             .with_context(|| format!("cannot serve metrics on {m}"))?;
         println!("metrics on {bound}");
     }
-    let ws = match args.ws {
-        Some(a) => {
-            let bound = listen_ws(&engine, a)
-                .with_context(|| format!("cannot serve WebSocket clients on {a}"))?;
-            println!("ws on {bound}");
-            Some(bound)
-        }
-        None => None,
-    };
     if let Some((at, world)) = live {
         let page = live::Live {
             engine: engine.clone(),

@@ -464,7 +464,7 @@ fn a_browser_player_joins_over_websocket_sees_the_bots_nearby_and_moves() {
     let Some(exe) = chromium() else {
         return;
     };
-    let (_server, _bots, lines) = world_with_bots(&["--ws", "127.0.0.1:0"], &["ws on "]);
+    let (_server, _bots, lines) = world_with_bots(&["--ws", "127.0.0.1:0"], &["websocket on "]);
     let http = &lines[2];
     assert_eq!(
         state(http)["ws"],

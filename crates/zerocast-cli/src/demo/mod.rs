@@ -178,7 +178,7 @@ impl Server {
 }
 
 /// Reads the server's start-up lines up to `http on`, the last: its game address and its live
-/// view's. The lines between (`ws on`) are the server's to add.
+/// view's. The lines between (`websocket on`, `metrics on`) are the server's to add.
 fn started(out: impl BufRead) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let mut listening = None;
     for line in out.lines() {
@@ -197,7 +197,7 @@ fn started(out: impl BufRead) -> anyhow::Result<(SocketAddr, SocketAddr)> {
             .split_once(" on ")
             .is_none_or(|(_, rest)| rest.parse::<SocketAddr>().is_err())
         {
-            // Other `NAME on ADDR` lines (`ws on`) are not the demo's business.
+            // Other `NAME on ADDR` lines (`websocket on`) are not the demo's business.
             bail!("unexpected server output: {line}");
         }
     }
