@@ -34,10 +34,14 @@ SERVERS = {
     "zerocast-0ms": lambda mode: zerocast(mode, "epoll", delay=False),
     # The world on two workers (two shards), allowed on both CPUs; the generator keeps CPU 1.
     "zerocast-2w": lambda mode: ["zerocast", mode, "--workers", "2", "--backend", "epoll"],
+    # Both transports on the listening port; its clients speak WebSocket (LOAD_EXTRA).
+    "zerocast-ws": lambda mode: zerocast(mode, "epoll") + ["--ws", "same"],
     "tokio": lambda mode: ["peer-tokio", mode],
     "naive": lambda mode: ["peer-naive", mode],
     "limit": lambda mode: ["peer-limit", mode],
 }
+# What the generator adds for a server's clients.
+LOAD_EXTRA = {"zerocast-ws": ["--ws"]}
 ECHO_SERVERS = ["zerocast", "tokio", "naive", "limit"]
 BROADCAST_SERVERS = ["zerocast", "tokio", "naive"]
 NODELAY = "zerocast-0ms"

@@ -4,6 +4,7 @@ import math
 import os
 
 import padding
+import websocket
 
 from common import (BROADCAST_SERVERS, CAPACITY_P99_US, CAPACITY_TIGHT_P99_US, ECHO_SERVERS,
                     LOAD_CPU, NODELAY, SERVER_CPU, TWO_WORKERS, URING, WORLD_SERVERS,
@@ -15,6 +16,7 @@ def write(r):
     """Returns the document's lines; `r` holds the run's settings and results."""
     scale_out = r.get("cluster")
     pad = r.get("padding")
+    wsres, hz_ws = r.get("websocket"), r.get("hz")
     (quick, runs, duration, warmup, elapsed, steal, echo, bcast, world, fixed, idle, idle_n,
      rate, ref_n, conns, clients, bots, hz, commands, log_path, chart, capacity,
      delay_ms) = (
@@ -412,6 +414,8 @@ def write(r):
     w("")
     if scale_out:
         scale_out_section(w, scale_out)
+    if wsres:
+        websocket.section(w, wsres, hz_ws)
     if pad:
         padding.section(w, pad)
     w("## Chart")

@@ -22,8 +22,9 @@ import time
 import cluster
 import padding
 import report
+import websocket
 from common import (BROADCAST_DELAY_MS, BROADCAST_SERVERS, CAPACITY_P99_US, ECHO_SERVERS,
-                    LOAD_CPU, NODELAY, REL, ROOT, SERVER_CPU, SERVER_CPUS, SERVERS, TWO_WORKERS, URING,
+                    LOAD_CPU, LOAD_EXTRA, NODELAY, REL, ROOT, SERVER_CPU, SERVER_CPUS, SERVERS, TWO_WORKERS, URING,
                     WORLD_SERVERS, med,
                     metric, server_util, steal_ticks)
 
@@ -72,6 +73,7 @@ class Bench:
         return final
 
     def load(self, name, mode, scenario, extra):
+        extra = extra + LOAD_EXTRA.get(name, [])
         proc, port, server_cmd = self.start_server(name, mode)
         try:
             cmd = ["taskset", "-c", LOAD_CPU, os.path.join(REL, "zerocast"), "load", scenario,
@@ -206,6 +208,8 @@ def main():
     idle = b.case(ECHO_SERVERS + [URING], "echo", "idle",
                   ["-c", str(idle_n), "--warmup", "1", "--duration", "1" if quick else "3"], 1)
 
+    ws = websocket.run(b, quick, common, hz, runs)
+
     scale_out = cluster.run(b, quick, warmup, duration)
 
     pad = padding.run(quick)
@@ -219,7 +223,7 @@ def main():
                    idle_n=idle_n, rate=rate, ref_n=ref_n, conns=conns, clients=clients,
                    bots=bots, hz=hz, commands=b.commands, log_path=b.log_path, chart=chart,
                    capacity=capacity, delay_ms=BROADCAST_DELAY_MS, cluster=scale_out,
-                   padding=pad)
+                   padding=pad, websocket=ws)
     L = report.write(results)
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")

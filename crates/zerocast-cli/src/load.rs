@@ -105,6 +105,10 @@ pub struct LoadArgs {
     /// chat). Global chat reaches every player: in a big world it outweighs the moves.
     #[arg(long, value_name = "MOVES", default_value_t = 100)]
     chat_every: u64,
+    /// Connect over WebSocket (the server's `--ws` listener) instead of raw TCP: every write
+    /// is one masked binary message.
+    #[arg(long)]
+    ws: bool,
     /// Internal: run as shard K of a multi-process load and print a mergeable report.
     #[arg(long, hide = true)]
     shard: Option<u8>,
@@ -157,6 +161,7 @@ impl LoadArgs {
         cfg.busy_poll = !self.no_busy_poll && !matches!(self.scenario, ScenarioArg::Idle);
         cfg.tick = self.tick_us.map(Duration::from_micros);
         cfg.chat_every = self.chat_every;
+        cfg.websocket = self.ws;
         Ok(cfg)
     }
 
@@ -188,6 +193,9 @@ impl LoadArgs {
         ];
         if let Some(rate) = self.rate {
             a.push(format!("--rate={}", rate * share));
+        }
+        if self.ws {
+            a.push("--ws".into());
         }
         if let Some(t) = self.tick_us {
             a.push(format!("--tick-us={t}"));

@@ -65,6 +65,11 @@ struct ServerArgs {
     /// Address to listen on, e.g. 127.0.0.1:7000.
     #[arg(long)]
     listen: SocketAddr,
+    /// Also serve WebSocket clients (browsers): on their own listener at ADDR, or `same` for
+    /// the --listen port, where a connection whose first bytes are `GET ` is taken as
+    /// WebSocket (prints `websocket on ADDR` after the listening line).
+    #[arg(long, value_name = "ADDR|same")]
+    ws: Option<WsListen>,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
@@ -86,11 +91,6 @@ struct ServerArgs {
     /// shares its server).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Also accept clients over WebSocket (RFC 6455) on ADDR, any path: each binary message
-    /// carries whole protocol frames, both ways (docs/PROTOCOL.md, "WebSocket"). Prints
-    /// `websocket on ADDR` after the listening line.
-    #[arg(long, value_name = "ADDR")]
-    ws: Option<SocketAddr>,
     /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     drain: f64,
@@ -117,6 +117,25 @@ struct ServerArgs {
     /// ticks; 0, read as soon as it arrives, for the others].
     #[arg(long, value_name = "MS")]
     read_delay: Option<f64>,
+}
+
+/// Where `--ws` serves WebSocket.
+#[derive(Clone, Copy, Debug)]
+enum WsListen {
+    Same,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for WsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "same" {
+            return Ok(Self::Same);
+        }
+        s.parse()
+            .map(Self::At)
+            .map_err(|e| format!("{s:?} is neither `same` nor an address: {e}"))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -334,21 +353,6 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the WebSocket listener of `--ws` on `engine`; returns its bound address.
-///
-/// The engine's listener (`Engine::listen_websocket`, issue 16) is being built on the main
-/// branch; until it is merged, this is an error and [`WEBSOCKET_BUILT`] is false.
-fn listen_ws(_engine: &Engine, _addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "WebSocket listener not built yet",
-    ))
-}
-
-/// False while [`listen_ws`] cannot listen: the demo then starts its world without `--ws`
-/// (its live view shows the map, and its play button is off).
-pub const WEBSOCKET_BUILT: bool = false;
-
 /// Listens, prints `listening on ADDR` (then `websocket on`, `metrics on`, `http on` for the
 /// servers asked for, in that order), and runs until SIGINT or SIGTERM. `live`: the live
 /// view's address and world (`world --http`).
@@ -360,14 +364,24 @@ fn serve(
 ) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let transport = match args.ws {
+        Some(WsListen::Same) => zerocast::Transport::Both,
+        _ => zerocast::Transport::Tcp,
+    };
     let addr = engine
-        .listen(args.listen)
+        .listen_as(args.listen, transport)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
+    // Where browsers connect, for the live view.
     let ws = match args.ws {
-        Some(a) => {
-            let bound = listen_ws(&engine, a)
-                .with_context(|| format!("cannot listen for WebSocket on {a}"))?;
+        Some(WsListen::Same) => {
+            println!("websocket on {addr}");
+            Some(addr)
+        }
+        Some(WsListen::At(ws)) => {
+            let bound = engine
+                .listen_websocket(ws)
+                .with_context(|| format!("cannot listen for WebSocket on {ws}"))?;
             println!("websocket on {bound}");
             Some(bound)
         }

@@ -10,7 +10,7 @@
 //!
 //! `ZEROCAST_SCREENSHOTS=DIR` keeps the screenshots there (`live-view.png`, and
 //! `live-view-play.png` from the player test; a relative DIR is the workspace's):
-//! docs/live-view.png is made with
+//! docs/live-view.png and docs/live-view-play.png are made with
 //! `ZEROCAST_SCREENSHOTS=docs cargo test -p zerocast-cli --test browser`.
 
 mod common;
@@ -459,12 +459,24 @@ fn the_live_view_in_chromium_draws_every_player() {
 }
 
 #[test]
-#[ignore = "needs the engine's WebSocket listener (listen_ws in main.rs) from the main branch"]
 fn a_browser_player_joins_over_websocket_sees_the_bots_nearby_and_moves() {
+    play_in_chromium("127.0.0.1:0", Some("live-view-play.png"));
+}
+
+#[test]
+fn a_browser_player_plays_on_the_game_port_with_ws_same() {
+    play_in_chromium("same", None);
+}
+
+/// A browser player against `zerocast world --ws WS`; its screenshot kept as `shot`, if any.
+fn play_in_chromium(ws: &str, shot: Option<&str>) {
     let Some(exe) = chromium() else {
         return;
     };
-    let (_server, _bots, lines) = world_with_bots(&["--ws", "127.0.0.1:0"], &["websocket on "]);
+    let (_server, _bots, lines) = world_with_bots(&["--ws", ws], &["websocket on "]);
+    if ws == "same" {
+        assert_eq!(lines[1], lines[0], "WebSocket on the game port");
+    }
     let http = &lines[2];
     assert_eq!(
         state(http)["ws"],
@@ -514,11 +526,13 @@ fn a_browser_player_joins_over_websocket_sees_the_bots_nearby_and_moves() {
         at(http)
     );
     browser.key("keyUp", key, code);
-    let shot = browser.screenshot();
-    keep("live-view-play.png", &shot);
+    let png = browser.screenshot();
+    if let Some(name) = shot {
+        keep(name, &png);
+    }
     let map = browser.map();
-    assert!(pixels_of(&shot, ME, map) > 0, "the player is drawn");
-    assert!(pixels_of(&shot, SEEN, map) > 0, "what it sees is drawn");
+    assert!(pixels_of(&png, ME, map) > 0, "the player is drawn");
+    assert!(pixels_of(&png, SEEN, map) > 0, "what it sees is drawn");
     assert_eq!(browser.data("status")["ended"], json!(""), "still playing");
 }
 

@@ -2,9 +2,12 @@
 //! written from docs/PROTOCOL.md) plays against the real world server, and `/metrics` parses
 //! with the Prometheus project's own Python parser.
 //!
-//! Both need `python3`; the metrics test also needs the `prometheus_client` package (Debian:
-//! `python3-prometheus-client`). Without them the tests say so and pass, unless
-//! `ZEROCAST_REQUIRE_PYTHON=1` (set by `.ci/run`, which installs both), where they fail.
+//! A Python `websockets` (PyPI) client plays over WebSocket beside raw-TCP players.
+//!
+//! All need `python3`; the metrics test also needs the `prometheus_client` package (Debian:
+//! `python3-prometheus-client`), the WebSocket one `websockets` (PyPI, 11 or later). Without
+//! them the tests say so and pass, unless `ZEROCAST_REQUIRE_PYTHON=1` (set by `.ci/run`, which
+//! installs them), where they fail.
 
 mod common;
 
@@ -41,8 +44,13 @@ fn world(extra: &[&str]) -> (Child, String, String) {
         "2",
     ];
     args.extend_from_slice(extra);
-    let (child, mut lines) =
-        common::start_printing(&args, Stdio::null(), &["listening on ", "metrics on "]);
+    // `websocket on` comes between the two when asked for.
+    let mut expect = vec!["listening on "];
+    if extra.contains(&"--ws") {
+        expect.push("websocket on ");
+    }
+    expect.push("metrics on ");
+    let (child, mut lines) = common::start_printing(&args, Stdio::null(), &expect);
     let metrics = lines.pop().unwrap();
     (child, lines.pop().unwrap(), metrics)
 }
@@ -82,6 +90,40 @@ fn the_python_reference_client_plays_against_the_real_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("selftest passed"));
+    stop(child);
+}
+
+#[test]
+fn a_python_websockets_client_is_sent_what_a_raw_tcp_client_is() {
+    if !python_has("websockets.sync.client") {
+        return;
+    }
+    let (child, addr, _) = world(&[
+        "--world-size",
+        "300",
+        "--cell-size",
+        "100",
+        "--max-speed",
+        "1000",
+        "--ws",
+        "same",
+    ]);
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/python/world_client.py"
+    );
+    // `--ws same`: WebSocket and raw TCP on the one port.
+    let out = Command::new("python3")
+        .args([client, "--target", &addr, "--ws", &addr, "--interop"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the WebSocket interop check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interop passed"));
     stop(child);
 }
 

@@ -99,6 +99,8 @@ pub struct LoadConfig {
     /// accounting (`generator_busy`) separates waiting from working, which io_uring does in
     /// one system call.
     pub backend: zerocast::Backend,
+    /// Connect over WebSocket (each write one masked binary message) instead of raw TCP.
+    pub websocket: bool,
 }
 
 /// Smallest message: a framed message holds the header and an 8-byte timestamp.
@@ -149,6 +151,7 @@ impl LoadConfig {
             tick: None,
             progress_every: Duration::from_millis(250),
             backend: zerocast::Backend::Epoll,
+            websocket: false,
         }
     }
 

@@ -154,7 +154,12 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
     for i in 0..cfg.connections {
         sleep_until(ramp_start + (i as f64 * 1e9 / cfg.ramp) as u64);
         let source = (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
-        match engine.connect_from(cfg.target_of(i), source) {
+        let opened = if cfg.websocket {
+            engine.connect_websocket(cfg.target_of(i), source, "/")
+        } else {
+            engine.connect_from(cfg.target_of(i), source)
+        };
+        match opened {
             Ok(s) => sessions.push(s),
             Err(e) => {
                 connect_errors += 1;

@@ -85,6 +85,24 @@ impl Backend {
     }
 }
 
+/// What a listener serves ([`Engine::listen_as`](crate::Engine::listen_as)). A session is the
+/// same [`Session`](crate::Session) whichever it arrived on: handlers, groups and limits do
+/// not know the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The protocol's frames on raw TCP.
+    #[default]
+    Tcp,
+    /// WebSocket (RFC 6455): an HTTP/1.1 upgrade, then the protocol's frames in binary
+    /// messages (each server write is one message of one or more whole frames; a client's
+    /// message may carry any bytes of the stream, frames split across messages included).
+    WebSocket,
+    /// Either on one port: a connection whose first bytes are `GET ` is taken as WebSocket,
+    /// any other as raw TCP. (With the default frame header a raw client's first frame would
+    /// have to claim 17,735 bytes and packet id 0x2054 to be mistaken.)
+    Both,
+}
+
 /// Whether a pinned worker keeps its memory on its CPU's NUMA node (see
 /// [`Builder::numa`](crate::Builder::numa)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,6 +141,7 @@ pub(crate) struct Config {
     pub(crate) read_delay: Duration,
     pub(crate) busy_poll: bool,
     pub(crate) backend: Backend,
+    pub(crate) datagram_rate: u32,
 }
 
 impl Default for Config {
@@ -149,6 +168,7 @@ impl Default for Config {
             read_delay: Duration::ZERO,
             busy_poll: false,
             backend: Backend::Epoll,
+            datagram_rate: 250,
         }
     }
 }

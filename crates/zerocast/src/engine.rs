@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{Backend, Config, Numa};
+use crate::config::{Backend, Config, Numa, Transport};
+use crate::conn::ws::WsConn;
 use crate::driver::core::EngineShared;
 use crate::driver::inbox::{Command, WorkerShared};
 use crate::driver::metrics::WorkerMetrics;
@@ -210,6 +211,13 @@ impl Builder {
         self
     }
 
+    /// Most datagrams a session's channel takes per second (default 250: a game client sends
+    /// tens); the rest of a flood is dropped and counted.
+    pub fn datagram_rate(mut self, per_sec: u32) -> Self {
+        self.config.datagram_rate = per_sec;
+        self
+    }
+
     /// The event loop ([`Backend`]). Default: epoll, or what `ZEROCAST_BACKEND` says.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.config.backend = backend;
@@ -310,6 +318,24 @@ impl Engine {
     /// If the address cannot be bound, or (`AddrInUse`) another process already serves the
     /// port and [`Builder::reuse_port`] is off.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.listen_as(addr, Transport::Tcp)
+    }
+
+    /// Like [`listen`](Engine::listen), serving WebSocket clients (browsers): see
+    /// [`Transport::WebSocket`].
+    ///
+    /// # Errors
+    /// As [`listen`](Engine::listen).
+    pub fn listen_websocket(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.listen_as(addr, Transport::WebSocket)
+    }
+
+    /// Like [`listen`](Engine::listen), serving `transport` ([`Transport::Both`]: raw TCP
+    /// and WebSocket on one port).
+    ///
+    /// # Errors
+    /// As [`listen`](Engine::listen).
+    pub fn listen_as(&self, addr: SocketAddr, transport: Transport) -> io::Result<SocketAddr> {
         if addr.port() != 0 && !self.ctx.config.reuse_port {
             ensure_unserved(addr)?;
         }
@@ -323,7 +349,7 @@ impl Engine {
             sockets.push(self.listener(bound)?);
         }
         for (worker, socket) in self.workers.iter().zip(sockets) {
-            worker.post(Command::Listen(OwnedFd::from(socket)));
+            worker.post(Command::Listen(OwnedFd::from(socket), transport));
         }
         Ok(bound)
     }
@@ -341,6 +367,34 @@ impl Engine {
         Ok(socket)
     }
 
+    /// Serves datagrams ([`crate::datagram`]) on `addr`'s address: one socket per worker, on
+    /// port `addr.port() + i` for worker `i` (or free ports with port 0), so that a session's
+    /// datagrams reach the worker that owns it. Returns the bound addresses, by worker; a
+    /// session's [`Offer`](crate::datagram::Offer) names its worker's port.
+    ///
+    /// # Errors
+    /// If a socket cannot be bound.
+    pub fn listen_datagrams(&self, addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+        let mut bound = Vec::new();
+        let mut fds = Vec::new();
+        for i in 0..self.workers.len() {
+            let port = if addr.port() == 0 {
+                0
+            } else {
+                addr.port().checked_add(i as u16).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "datagram ports past 65535")
+                })?
+            };
+            let fd = sys::udp::bind(SocketAddr::new(addr.ip(), port))?;
+            bound.push(sys::udp::local_addr(&fd)?);
+            fds.push(fd);
+        }
+        for (worker, fd) in self.workers.iter().zip(fds) {
+            worker.post(Command::Datagrams(fd));
+        }
+        Ok(bound)
+    }
+
     /// Opens an outgoing connection served by this engine's handler, like an accepted one.
     /// Blocks the caller until connected (at most 10 s).
     ///
@@ -356,6 +410,33 @@ impl Engine {
     /// # Errors
     /// If binding, connecting or configuring the socket fails.
     pub fn connect_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Session> {
+        self.dial(addr, source, None)
+    }
+
+    /// Opens an outgoing WebSocket connection to `addr`, asking for `path`, served by this
+    /// engine's handler like [`connect`](Engine::connect)'s. The upgrade request goes first;
+    /// what the session is sent waits for the server's answer, and every write is then one
+    /// masked binary message. A refused upgrade closes the session with
+    /// [`CloseReason::Handshake`](crate::CloseReason::Handshake).
+    ///
+    /// # Errors
+    /// If binding, connecting or configuring the socket fails.
+    pub fn connect_websocket(
+        &self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        path: &str,
+    ) -> io::Result<Session> {
+        let ws = WsConn::client(&addr.to_string(), path);
+        self.dial(addr, source, Some(Box::new(ws)))
+    }
+
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        ws: Option<Box<WsConn>>,
+    ) -> io::Result<Session> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if let Some(ip) = source {
             if ip.is_ipv4() {
@@ -370,7 +451,11 @@ impl Engine {
         let worker = &self.workers[i];
         let session = self.ctx.new_session(addr, worker);
         self.ctx.connected.add(1);
-        worker.post(Command::Register(OwnedFd::from(socket), session.clone()));
+        worker.post(Command::Register(
+            OwnedFd::from(socket),
+            session.clone(),
+            ws,
+        ));
         Ok(session)
     }
 

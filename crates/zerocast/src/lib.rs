@@ -44,6 +44,7 @@
 pub mod buffer;
 mod config;
 mod conn;
+pub mod datagram;
 mod driver;
 mod engine;
 pub mod frame;
@@ -58,7 +59,7 @@ mod sys;
 pub mod ws;
 
 pub use buffer::SendBuffer;
-pub use config::{Backend, Numa};
+pub use config::{Backend, Numa, Transport};
 pub use engine::{Builder, Engine};
 pub use group::Group;
 pub use handler::{Context, Frame, Handler, Mail, Start, Tick};

@@ -80,13 +80,11 @@ impl Server {
             "world",
             &format!("--listen=127.0.0.1:{port}"),
             "--http=127.0.0.1:0",
+            // The live view's play button.
+            "--ws=127.0.0.1:0",
             "--workers=1",
             "--drain=1",
         ]);
-        if crate::WEBSOCKET_BUILT {
-            // The live view's play button.
-            cmd.arg("--ws=127.0.0.1:0");
-        }
         if let Some(cpu) = cpus.first() {
             cmd.arg(format!("--cpus={cpu}"));
         }

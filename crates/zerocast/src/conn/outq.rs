@@ -194,14 +194,92 @@ impl OutQueue {
         max_cork: usize,
     ) -> usize {
         w.clear();
+        let offered = self.fill(keeps, w, max_slices, max_cork, MAX_WRITE, ZERO_COPY_MIN);
+        w.finish(0);
+        w.offered = offered;
+        offered
+    }
+
+    /// Builds the next write for a transport that frames it (WebSocket): `f.before` first
+    /// (transport bytes owed: a handshake answer, a control frame, the rest of a header), then
+    /// at most `f.limit` queued bytes, preceded by the header `f.head` makes for their length
+    /// when they begin a frame, and masked with `f.mask` (the client's role; every byte is
+    /// then copied into the cork, where it is masked). Returns the bytes offered; the write
+    /// records how many of them are the transport's ([`Framed`]).
+    pub(crate) fn gather_framed(
+        &self,
+        keeps: &Keeps,
+        w: &mut WriteBuf,
+        max_slices: usize,
+        max_cork: usize,
+        f: &Framing<'_>,
+    ) -> usize {
+        w.clear();
+        let b = f.before.len();
+        let lead = b + MAX_HEAD;
+        if b == 0 {
+            // The common case: a fixed-size reservation, no memset call.
+            w.cork.extend_from_slice(&[0; MAX_HEAD]);
+        } else {
+            w.cork.resize(lead, 0);
+        }
+        w.plan.push(Slice::Cork(0, lead));
+        let copy_min = if f.mask.is_some() {
+            usize::MAX
+        } else {
+            ZERO_COPY_MIN
+        };
+        let payload = if f.limit == 0 {
+            0
+        } else {
+            self.fill(keeps, w, max_slices, max_cork, f.limit, copy_min)
+        };
+        let (head, head_len) = match f.head {
+            Some(make) if payload > 0 => make(payload),
+            _ => ([0; MAX_HEAD], 0),
+        };
+        // The header is right-aligned in its array: one fixed-size copy puts it just before
+        // the payload, and `before` goes just before it.
+        w.cork[b..lead].copy_from_slice(&head);
+        let start = MAX_HEAD - head_len;
+        if b > 0 {
+            w.cork[start..start + b].copy_from_slice(f.before);
+        }
+        if let Some(key) = f.mask {
+            crate::ws::frame::unmask(&mut w.cork[lead..], key);
+        }
+        w.finish(start);
+        let prefix = f.before.len() + head_len;
+        w.framed = Framed {
+            before: f.before.len(),
+            head,
+            head_len: head_len as u8,
+            payload,
+        };
+        w.offered = prefix + payload;
+        w.offered
+    }
+
+    /// Adds queued bytes to `w`'s plan and cork: at most `limit` bytes, `max_slices` slices,
+    /// `max_cork` bytes in the cork; pieces of `copy_min` bytes or more referenced. Returns the
+    /// queued bytes added.
+    fn fill(
+        &self,
+        keeps: &Keeps,
+        w: &mut WriteBuf,
+        max_slices: usize,
+        max_cork: usize,
+        limit: usize,
+        copy_min: usize,
+    ) -> usize {
         let mut offered = 0;
         for (i, p) in self.iter().enumerate() {
             let skip = if i == 0 { self.head } else { 0 };
             let start = (p.off + skip) as usize;
             let end = (p.off + p.len) as usize;
-            let take = (end - start).min(MAX_WRITE - offered);
+            let take = (end - start).min(limit - offered);
             let bytes = &keeps.bytes(p.keep)[start..start + take];
-            if bytes.len() >= ZERO_COPY_MIN {
+            if bytes.len() >= copy_min {
                 if w.plan.len() == max_slices {
                     break;
                 }
@@ -222,17 +300,10 @@ impl OutQueue {
                 w.cork.extend_from_slice(bytes);
             }
             offered += take;
-            if offered == MAX_WRITE {
+            if offered == limit {
                 break;
             }
         }
-        // The cork is complete: its address is stable from here to the end of the write.
-        let cork = w.cork.as_ptr();
-        w.slices.extend(w.plan.iter().map(|s| match *s {
-            Slice::Cork(at, n) => raw_slice(cork.wrapping_add(at), n),
-            Slice::Ref(p, n) => raw_slice(p, n),
-        }));
-        w.offered = offered;
         offered
     }
 
@@ -279,6 +350,37 @@ impl OutQueue {
     }
 }
 
+/// Most bytes a WebSocket frame header takes: 2 to 10, and a client's 4-byte masking key.
+pub(crate) const MAX_HEAD: usize = 14;
+
+/// Makes a frame's header for a payload of the given length: its bytes, right-aligned in the
+/// array, and how many.
+pub(crate) type MakeHead = dyn Fn(usize) -> ([u8; MAX_HEAD], usize);
+
+/// How a transport frames one write ([`OutQueue::gather_framed`]).
+pub(crate) struct Framing<'a> {
+    /// Transport bytes to send before any queued byte.
+    pub(crate) before: &'a [u8],
+    /// Most queued bytes the write may carry (0: none, e.g. before a handshake is answered).
+    pub(crate) limit: usize,
+    /// Set when the queued bytes begin a new frame: its header for a payload of that length.
+    pub(crate) head: Option<&'a MakeHead>,
+    /// The client's masking key for these payload bytes (already rotated to where they fall
+    /// in their frame).
+    pub(crate) mask: Option<[u8; 4]>,
+}
+
+/// What a framed write carries besides queued bytes, for the transport's accounting once
+/// the kernel says how much it took: `before`, then the header (the last `head_len` bytes of
+/// `head`), then `payload` bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Framed {
+    pub(crate) before: usize,
+    pub(crate) head: [u8; MAX_HEAD],
+    pub(crate) head_len: u8,
+    pub(crate) payload: usize,
+}
+
 /// Where one slice of a write lies, before the cork buffer's address is final.
 #[derive(Clone, Copy)]
 enum Slice {
@@ -301,6 +403,8 @@ pub(crate) struct WriteBuf {
     pub(crate) slices: Vec<RawSlice>,
     /// Bytes the slices cover.
     pub(crate) offered: usize,
+    /// What of them the transport added ([`OutQueue::gather_framed`]; nothing for raw TCP).
+    pub(crate) framed: Framed,
     /// The backend's own state for this write (the `msghdr` of an io_uring `sendmsg`).
     pub(crate) os: crate::sys::socket::MsgHdr,
 }
@@ -311,6 +415,20 @@ impl WriteBuf {
         self.plan.clear();
         self.slices.clear();
         self.offered = 0;
+        self.framed = Framed::default();
+    }
+
+    /// The cork is complete: its address is stable from here to the end of the write. The
+    /// first slice starts `skip` bytes into the cork (what a framed write reserved and did
+    /// not use).
+    fn finish(&mut self, skip: usize) {
+        let cork = self.cork.as_ptr();
+        self.slices
+            .extend(self.plan.iter().enumerate().map(|(i, s)| match *s {
+                Slice::Cork(at, n) if i == 0 => raw_slice(cork.wrapping_add(at + skip), n - skip),
+                Slice::Cork(at, n) => raw_slice(cork.wrapping_add(at), n),
+                Slice::Ref(p, n) => raw_slice(p, n),
+            }));
     }
 
     /// Gives back memory a large write grew, keeping what a typical write needs.

@@ -3,6 +3,7 @@
 use crate::conn::outq::WriteBuf;
 use crate::conn::recv::RecvState;
 use crate::conn::timing::Timing;
+use crate::conn::ws::WsConn;
 use crate::session::{CloseReason, Session};
 use crate::sys::Sock;
 
@@ -32,12 +33,22 @@ pub(crate) struct Conn {
     pub(crate) farewell: bool,
     /// Closed: waiting for the backend to release the token.
     pub(crate) closed: bool,
-    /// Set with `eof`: the session closes with this reason once its queue is written.
-    pub(crate) after_flush: Option<Box<CloseReason>>,
+    /// What few connections need, behind one pointer: an idle raw TCP connection holds none.
+    ext: Option<Box<Ext>>,
+    /// Accepted on a listener serving both transports, nothing read yet: the first bytes
+    /// decide.
+    pub(crate) sniff: bool,
 }
 
 impl Conn {
-    pub(crate) fn new(sock: Sock, session: Session, accepted: bool, now_ms: u32) -> Self {
+    pub(crate) fn new(
+        sock: Sock,
+        session: Session,
+        accepted: bool,
+        now_ms: u32,
+        ws: Option<Box<WsConn>>,
+        sniff: bool,
+    ) -> Self {
         Self {
             sock,
             session,
@@ -49,7 +60,61 @@ impl Conn {
             eof: false,
             farewell: false,
             closed: false,
-            after_flush: None,
+            ext: ws.map(|ws| {
+                Box::new(Ext {
+                    after_flush: None,
+                    ws: Some(*ws),
+                })
+            }),
+            sniff,
         }
     }
+
+    /// The WebSocket transport's state; `None` on raw TCP.
+    pub(crate) fn ws(&self) -> Option<&WsConn> {
+        self.ext.as_ref()?.ws.as_ref()
+    }
+
+    pub(crate) fn ws_mut(&mut self) -> Option<&mut WsConn> {
+        self.ext.as_mut()?.ws.as_mut()
+    }
+
+    pub(crate) fn is_ws(&self) -> bool {
+        self.ws().is_some()
+    }
+
+    pub(crate) fn set_ws(&mut self, ws: WsConn) {
+        self.ext.get_or_insert_with(Box::default).ws = Some(ws);
+    }
+
+    /// True once the session is to close after its queue is written.
+    pub(crate) fn closes_after_flush(&self) -> bool {
+        self.ext.as_ref().is_some_and(|e| e.after_flush.is_some())
+    }
+
+    /// Sets the reason it closes with once its queue is written (unless one is set and
+    /// `replace` is false).
+    pub(crate) fn set_after_flush(&mut self, reason: CloseReason, replace: bool) {
+        let ext = self.ext.get_or_insert_with(Box::default);
+        if replace || ext.after_flush.is_none() {
+            ext.after_flush = Some(reason);
+        }
+    }
+
+    /// Takes that reason (shutdown if none was set).
+    pub(crate) fn take_after_flush(&mut self) -> CloseReason {
+        self.ext
+            .as_mut()
+            .and_then(|e| e.after_flush.take())
+            .unwrap_or(CloseReason::Shutdown)
+    }
+}
+
+/// A connection's rarely needed state.
+#[derive(Default)]
+struct Ext {
+    /// Set with `eof`: the session closes with this reason once its queue is written.
+    after_flush: Option<CloseReason>,
+    /// The WebSocket transport's state; `None` on raw TCP.
+    ws: Option<WsConn>,
 }

@@ -19,7 +19,7 @@ use super::slab::slot_of;
 use super::slab::Slab;
 use super::{Backend, Event, Token, ACCEPT_BACKOFF, HOUSEKEEPING};
 use crate::buffer::{self, RecvChunk};
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::conn::outq::WriteBuf;
 use crate::conn::timing::Limits;
 use crate::frame::Decoder;
@@ -129,6 +129,10 @@ pub(crate) struct Core<B: Backend> {
     next_tick: Option<(Instant, u64)>,
     accept_paused_until: Option<Instant>,
     accept_stopped: Vec<usize>,
+    /// Per listener index: the transport it serves.
+    transports: Vec<Transport>,
+    /// The datagram socket, when the engine serves datagrams.
+    pub(super) udp: Option<Box<crate::sys::udp::Udp>>,
     last_accept_warning: Option<Instant>,
     pub(super) shutdown_at: Option<Instant>,
     /// When the output held for coalescing is written (see [`Builder::write_delay`]).
@@ -185,6 +189,8 @@ impl<B: Backend> Core<B> {
             last_input: now,
             accept_paused_until: None,
             accept_stopped: Vec::new(),
+            transports: Vec::new(),
+            udp: None,
             last_accept_warning: None,
             shutdown_at: None,
             write_at: None,
@@ -303,9 +309,17 @@ impl<B: Backend> Core<B> {
             Event::Failed(token, e) => self.close(token, CloseReason::from_io(&e)),
             Event::Starved => self.m.recv_buffer_waits.add(1),
             Event::Sent(token, result) => self.on_sent(token, result),
-            Event::Accepted { socket, peer } => self.on_accepted(socket, peer),
+            Event::Accepted {
+                listener,
+                socket,
+                peer,
+            } => {
+                let transport = self.transports.get(listener).copied();
+                self.on_accepted(socket, peer, transport.unwrap_or(Transport::Tcp));
+            }
             Event::AcceptFailed { listener, error } => self.on_accept_failed(listener, error),
             Event::Released(token) => self.release(token),
+            Event::Datagrams => self.on_datagrams(),
             Event::Woken => {
                 let mut cmds = std::mem::take(&mut self.commands);
                 self.shared.take_inbox(&mut cmds);
@@ -354,17 +368,24 @@ impl<B: Backend> Core<B> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Listen(fd) => match self.b.listen(fd) {
-                Ok(i) if self.shutdown_at.is_none() => self.b.accept(i),
-                Ok(_) => {}
+            Command::Listen(fd, transport) => match self.b.listen(fd) {
+                Ok(i) => {
+                    if self.transports.len() <= i {
+                        self.transports.resize(i + 1, Transport::Tcp);
+                    }
+                    self.transports[i] = transport;
+                    if self.shutdown_at.is_none() {
+                        self.b.accept(i);
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "cannot watch listener"),
             },
-            Command::Register(fd, session) => {
+            Command::Register(fd, session, ws) => {
                 if self.shutdown_at.is_some() {
                     drop(fd);
                     session.shared.retire();
                 } else {
-                    self.register(fd, session, false);
+                    self.register(fd, session, false, ws);
                 }
             }
             Command::Session(Notice::Flush(session)) => {
@@ -377,6 +398,7 @@ impl<B: Backend> Core<B> {
                     self.close(token, reason);
                 }
             }
+            Command::Datagrams(fd) => self.start_datagrams(fd),
             Command::Session(Notice::Deliver(batch)) => self.deliver_batch(batch),
             Command::Session(Notice::Message(m)) => self.app.message(m),
             Command::Shutdown(deadline) => {

@@ -17,6 +17,8 @@ use super::{Backend, Closing, Event, Sent, Token, WriteBuf};
 use crate::sys::{self, epoll};
 
 const WAKER: u64 = u64::MAX;
+/// The datagram socket.
+const DATAGRAMS: u64 = u64::MAX - 1;
 /// Listener `i` has token `LISTENERS - i`.
 const LISTENERS: u64 = u64::MAX - 2;
 
@@ -62,6 +64,7 @@ impl Epoll {
         loop {
             match sys::socket::accept(fd) {
                 Ok((socket, peer)) => events.push(Event::Accepted {
+                    listener: index,
                     socket,
                     peer: Some(peer),
                 }),
@@ -110,6 +113,10 @@ impl Backend for Epoll {
         self.listeners.clear();
         self.accepting.clear();
         self.accept_now.clear();
+    }
+
+    fn watch_datagrams(&mut self, socket: &OwnedFd) -> io::Result<()> {
+        self.ep.add(socket.as_raw_fd(), epoll::READ, DATAGRAMS)
     }
 
     fn add(&mut self, token: Token, socket: &OwnedFd) -> io::Result<()> {
@@ -205,6 +212,8 @@ impl Epoll {
                 // Consumed before the core clears its wake-up flag (see `WorkerShared`).
                 self.wake.drain();
                 events.push(Event::Woken);
+            } else if token == DATAGRAMS {
+                events.push(Event::Datagrams);
             } else if token >= RESERVED {
                 self.accept_loop((LISTENERS - token) as usize, events);
             } else {

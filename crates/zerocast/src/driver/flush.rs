@@ -77,6 +77,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn post_batches(&mut self) {
+        self.send_datagrams();
         for batch in session::for_outbox(|o| std::mem::take(&mut o.batches)) {
             batch.post();
         }
@@ -150,14 +151,22 @@ impl<B: Backend> Core<B> {
             }
             loop {
                 let q = &mut out.slots[slot as usize].q;
-                if q.is_empty() {
+                let transport = c.ws_mut().is_some_and(|ws| ws.ready(q.is_empty()));
+                let held = c.ws().is_some_and(|ws| ws.holds_payload());
+                if !transport && (q.is_empty() || held) {
                     break;
                 }
                 let mut w = writes.pop().unwrap_or_default();
-                let offered = q.gather(&out.keeps, &mut w, IOV_MAX, max_cork);
+                let offered = match c.ws_mut() {
+                    None => q.gather(&out.keeps, &mut w, IOV_MAX, max_cork),
+                    Some(ws) => {
+                        ws.framing(|f| q.gather_framed(&out.keeps, &mut w, IOV_MAX, max_cork, f))
+                    }
+                };
                 match b.send(token, &c.sock, &mut w) {
                     Sent::Done(Ok(n)) => {
-                        let done = q.advance(n, &mut out.keeps);
+                        let queued = c.ws_mut().map_or(n, |ws| ws.sent(n, &w.framed));
+                        let done = q.advance(queued, &mut out.keeps);
                         count_write(m, n, done);
                         w.trim();
                         writes.push(w);
@@ -191,7 +200,11 @@ impl<B: Backend> Core<B> {
                 .shared
                 .held
                 .store(q.bytes() as u32, std::sync::atomic::Ordering::Relaxed);
-            q.is_empty()
+            match c.ws() {
+                None => q.is_empty(),
+                // Bytes the transport holds back for good (after a close) count as written.
+                Some(ws) => ws.idle() && (q.is_empty() || ws.holds_payload()),
+            }
         });
         if let Some(reason) = failed {
             return self.close_now(token, reason);
@@ -200,13 +213,13 @@ impl<B: Backend> Core<B> {
             return;
         };
         let idle = c.inflight.is_none();
-        if idle && empty && c.after_flush.is_some() {
-            let reason = c.after_flush.take().map_or(CloseReason::Shutdown, |r| *r);
+        if idle && empty && c.closes_after_flush() {
+            let reason = c.take_after_flush();
             // Through `close`: a reason that deserves a farewell gets one, once.
             self.close(token, reason);
         } else if c.farewell && c.blocked {
             // A farewell does not wait for a peer that is not reading.
-            let reason = c.after_flush.take().map_or(CloseReason::Shutdown, |r| *r);
+            let reason = c.take_after_flush();
             self.close_now(token, reason);
         }
     }
@@ -231,15 +244,16 @@ impl<B: Backend> Core<B> {
         }
         match result {
             Ok(n) => {
+                let queued = c.ws_mut().map_or(n, |ws| ws.sent(n, &w.framed));
                 let done =
-                    session::for_outbox(|o| o.slots[slot as usize].q.advance(n, &mut o.keeps));
+                    session::for_outbox(|o| o.slots[slot as usize].q.advance(queued, &mut o.keeps));
                 count_write(&self.m, n, done);
                 if n < w.offered {
                     // The socket filled: the rest goes with the next send, which the kernel
                     // starts once there is room.
                     self.m.writes_blocked.add(1);
                     if c.farewell {
-                        let reason = c.after_flush.take().map_or(CloseReason::Shutdown, |r| *r);
+                        let reason = c.take_after_flush();
                         self.writes.push(w);
                         return self.close_now(token, reason);
                     }

@@ -10,16 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::config::Transport;
+use crate::conn::ws::WsConn;
 use crate::session::{Notice, Owner, Session};
 use crate::sync::{lock, Mutex};
 use crate::sys::Sock;
 
 /// Work posted to a worker.
 pub(crate) enum Command {
-    /// Start accepting on this listener.
-    Listen(Sock),
-    /// Take ownership of a connected socket for this (new) session.
-    Register(Sock, Session),
+    /// Start accepting on this listener, serving what it accepts with this transport.
+    Listen(Sock, Transport),
+    /// Take ownership of a connected socket for this (new) session (a WebSocket client's
+    /// state when it speaks WebSocket).
+    Register(Sock, Session, Option<Box<WsConn>>),
+    /// Serve datagrams on this socket (see [`crate::datagram`]).
+    Datagrams(Sock),
     /// What a session asks of its owner.
     Session(Notice),
     /// Stop accepting; flush every session's queue until the deadline (none: close at once),
@@ -156,10 +161,11 @@ impl Owner for WorkerShared {
 /// What a command means once its worker has stopped: release whatever it holds.
 fn resolve_offline(cmd: Command) {
     match cmd {
-        Command::Register(_, session) => session.shared.retire(),
+        Command::Register(_, session, _) => session.shared.retire(),
         Command::Session(Notice::Flush(s)) | Command::Session(Notice::Close(s, _)) => s.retire(),
         Command::Session(Notice::Deliver(_) | Notice::Message(_))
-        | Command::Listen(_)
+        | Command::Listen(..)
+        | Command::Datagrams(_)
         | Command::Shutdown(_) => {}
     }
 }

@@ -9,12 +9,14 @@ use super::core::Core;
 use super::slab::{generation_of, slot_of};
 use super::{Backend, Closing, Token};
 use crate::buffer::SendBuffer;
+use crate::config::Transport;
+use crate::conn::ws::WsConn;
 use crate::session::{self, Batch, CloseReason, Session};
 use crate::sys::{self, Sock};
 
 impl<B: Backend> Core<B> {
     /// A connection came in: counted, admitted under the cap, and registered.
-    pub(super) fn on_accepted(&mut self, sock: Sock, peer: Option<SocketAddr>) {
+    pub(super) fn on_accepted(&mut self, sock: Sock, peer: Option<SocketAddr>, t: Transport) {
         if self.shutdown_at.is_some() {
             return;
         }
@@ -33,11 +35,29 @@ impl<B: Backend> Core<B> {
             .or_else(|| sys::socket::peer_addr(&sock).ok())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let session = self.ctx.new_session(peer, &self.shared);
-        self.register(sock, session, true);
+        let ws = (t == Transport::WebSocket).then(|| Box::new(WsConn::server()));
+        self.register_as(sock, session, true, ws, t == Transport::Both);
     }
 
     /// Takes a socket for `session`: a slot, the backend, `on_connect`, the registry.
-    pub(super) fn register(&mut self, sock: Sock, session: Session, accepted: bool) {
+    pub(super) fn register(
+        &mut self,
+        sock: Sock,
+        session: Session,
+        accepted: bool,
+        ws: Option<Box<WsConn>>,
+    ) {
+        self.register_as(sock, session, accepted, ws, false);
+    }
+
+    fn register_as(
+        &mut self,
+        sock: Sock,
+        session: Session,
+        accepted: bool,
+        ws: Option<Box<WsConn>>,
+        sniff: bool,
+    ) {
         if let Some(bytes) = self.ctx.config.send_buffer {
             if let Err(e) = sys::socket::set_send_buffer(&sock, bytes) {
                 tracing::debug!(error = %e, "SO_SNDBUF failed");
@@ -49,7 +69,7 @@ impl<B: Backend> Core<B> {
                 .shared
                 .token
                 .store(token, std::sync::atomic::Ordering::Relaxed);
-            Conn::new(sock, session.clone(), accepted, now)
+            Conn::new(sock, session.clone(), accepted, now, ws, sniff)
         });
         session::for_outbox(|o| o.open(slot_of(token), generation_of(token)));
         let added = match self.conns.get_mut(token) {
@@ -75,6 +95,10 @@ impl<B: Backend> Core<B> {
         self.ctx.registry.insert(session);
         // Sends made before the session reached its worker wait in its own queue.
         self.take_foreign(token);
+        // A WebSocket client's upgrade request goes at once.
+        if self.conns.get_mut(token).is_some_and(|c| c.is_ws()) {
+            self.flush(token);
+        }
     }
 
     /// Moves what other threads queued on the session (its own queue) into the worker's
@@ -139,16 +163,15 @@ impl<B: Backend> Core<B> {
         }
         c.eof = true;
         c.rx.reset();
-        if c.after_flush.is_none() {
-            c.after_flush = Some(Box::new(reason));
-        }
+        c.set_after_flush(reason, false);
         self.b.pause(token);
         self.flush(token);
     }
 
     /// Closes the session now. If the reason deserves it and the handler has a farewell
     /// frame, the frame is queued first and the close happens once it is written (or at once
-    /// if the socket is full).
+    /// if the socket is full). A WebSocket session is sent a close frame with the status code
+    /// for the reason (after the farewell), or the refusal of its handshake.
     pub(super) fn close(&mut self, token: Token, reason: CloseReason) {
         let Some(c) = self.conns.get_mut(token) else {
             return;
@@ -156,26 +179,39 @@ impl<B: Backend> Core<B> {
         if c.closed {
             return;
         }
-        if !c.farewell && reason.deserves_farewell() {
+        let transport = c.is_ws() && reason.is_websocket();
+        if !c.farewell && (reason.deserves_farewell() || transport) {
             c.farewell = true;
-            if let Some(buf) = self.app.farewell(&c.session, &reason) {
+            if let Some(ws) = c.ws_mut() {
+                ws.close_with(reason.close_code(), &reason.to_string());
+            }
+            let buf = if reason.deserves_farewell() {
+                self.app.farewell(&c.session, &reason)
+            } else {
+                None
+            };
+            if buf.is_some() || c.is_ws() {
                 return self.say_farewell(token, buf, reason);
             }
         }
         self.close_now(token, reason);
     }
 
-    fn say_farewell(&mut self, token: Token, buf: SendBuffer, reason: CloseReason) {
+    /// Queues the farewell frame, if there is one, and closes once it (and a WebSocket
+    /// session's close frame) is written.
+    fn say_farewell(&mut self, token: Token, buf: Option<SendBuffer>, reason: CloseReason) {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.eof = true;
         c.rx.reset();
-        c.after_flush = Some(Box::new(reason));
-        // Past the limits: it is the last thing this session will be sent.
-        let queued = session::for_outbox(|o| o.push_owned(slot_of(token), [buf], usize::MAX));
-        debug_assert!(queued.is_ok());
-        self.m.farewells.add(1);
+        c.set_after_flush(reason, true);
+        if let Some(buf) = buf {
+            // Past the limits: it is the last thing this session will be sent.
+            let queued = session::for_outbox(|o| o.push_owned(slot_of(token), [buf], usize::MAX));
+            debug_assert!(queued.is_ok());
+            self.m.farewells.add(1);
+        }
         self.b.pause(token);
         self.flush(token);
     }
@@ -234,6 +270,14 @@ impl<B: Backend> Core<B> {
         }
         let m = &self.m;
         match reason {
+            CloseReason::WebSocket(_) => {
+                m.ws_errors.add(1);
+                tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
+            }
+            CloseReason::Handshake(_) => {
+                m.ws_refused.add(1);
+                tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");
+            }
             CloseReason::Protocol(_) | CloseReason::Packet(_) => {
                 m.protocol_errors.add(1);
                 tracing::info!(session = %session.id(), peer = %session.peer_addr(), %reason, "session closed");

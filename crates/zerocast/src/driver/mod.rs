@@ -57,6 +57,7 @@ mod conn;
 #[cfg(test)]
 pub(crate) type ConnProbe = conn::Conn;
 pub(crate) mod core;
+mod datagram;
 pub(crate) mod epoll;
 mod flush;
 pub(crate) mod inbox;
@@ -98,6 +99,8 @@ pub(crate) enum Event {
     Sent(Token, io::Result<usize>),
     /// A new connection (the peer's address, when the OS gave it).
     Accepted {
+        /// The index [`Backend::listen`] gave its listener.
+        listener: usize,
         socket: OwnedFd,
         peer: Option<SocketAddr>,
     },
@@ -107,6 +110,8 @@ pub(crate) enum Event {
     Released(Token),
     /// The waker was signalled: commands are waiting.
     Woken,
+    /// The worker's datagram socket is readable.
+    Datagrams,
 }
 
 /// How a send started.
@@ -139,6 +144,10 @@ pub(crate) trait Backend {
 
     /// Stops accepting on every listener (shutdown).
     fn stop_accepting(&mut self);
+
+    /// Starts watching the worker's datagram socket: [`Event::Datagrams`] when it is readable
+    /// (edge-triggered: the core reads until the socket is drained, or says so again).
+    fn watch_datagrams(&mut self, socket: &OwnedFd) -> io::Result<()>;
 
     /// Starts serving a connected socket.
     fn add(&mut self, token: Token, socket: &OwnedFd) -> io::Result<()>;

@@ -2,14 +2,15 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::core::Core;
 use super::slab::slot_of;
 use super::{Backend, Token};
 use crate::conn::recv::Cut;
+use crate::conn::ws::{WsConn, WsFail};
 use crate::handler::Frame;
-use crate::session::CloseReason;
+use crate::session::{self, CloseReason};
 
 /// A read into the receive chunk needs at least this much room.
 const MIN_READ: usize = 4096;
@@ -56,9 +57,11 @@ impl<B: Backend> Core<B> {
         if conn.eof || conn.closed || conn.session.is_closing() {
             return Ok(Read::Drained);
         }
-        let (result, asked, data) = if conn.rx.is_split() {
+        // A split frame's rest is read straight behind its start, unless a transport filters
+        // the bytes first.
+        let (result, asked, data) = if conn.rx.is_split() && !conn.is_ws() {
             let (buf, room) = conn.rx.continuation();
-            (self.b.recv(&conn.sock, buf, room), room, Bytes::new())
+            (self.b.recv(&conn.sock, buf, room), room, None)
         } else {
             let size = self.recv.size().max(MIN_READ);
             let (mem, fresh) = self.recv.spare(MIN_READ);
@@ -67,7 +70,7 @@ impl<B: Backend> Core<B> {
             }
             let asked = mem.capacity().min(size);
             let r = self.b.recv(&conn.sock, mem, asked);
-            (r, asked, mem.split().freeze())
+            (r, asked, Some(mem.split()))
         };
         let n = match result {
             Ok(0) => return Ok(Read::Eof),
@@ -79,6 +82,10 @@ impl<B: Backend> Core<B> {
         let hup = conn.hup;
         self.m.bytes_in.add(n as u64);
         self.m.reads.add(1);
+        let data = match data {
+            None => Bytes::new(),
+            Some(chunk) => self.transport_in(token, chunk)?,
+        };
         self.deliver(token, &data)?;
         // A short read drained the socket: new data raises a new edge. Not so for an end of
         // stream that arrived with the data (see `hup`).
@@ -98,12 +105,63 @@ impl<B: Backend> Core<B> {
         self.m.bytes_in.add(data.len() as u64);
         self.m.reads.add(1);
         let mark = self.dirty_mark();
+        let data = match self.conns.get_mut(token) {
+            // The kernel's provided buffer is shared with the ring: a WebSocket connection's
+            // bytes are copied once into memory of its own, where they are unmasked.
+            Some(c) if c.is_ws() || c.sniff => {
+                match self.transport_in(token, BytesMut::from(&data[..])) {
+                    Ok(d) => d,
+                    Err(reason) => return self.close(token, reason),
+                }
+            }
+            _ => data,
+        };
         if let Err(reason) = self.deliver(token, &data) {
             return self.close(token, reason);
         }
         drop(data);
         self.bound_turn_output();
         self.flush_replies(token, mark);
+    }
+
+    /// What the connection's transport makes of received bytes: raw TCP hands them on as
+    /// they are; WebSocket answers the handshake and control frames and hands on the
+    /// protocol's bytes, unmasked in place. A connection on a listener serving both is
+    /// decided by its first bytes.
+    fn transport_in(&mut self, token: Token, chunk: BytesMut) -> Result<Bytes, CloseReason> {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Ok(Bytes::new());
+        };
+        if std::mem::take(&mut conn.sniff) && looks_like_upgrade(&chunk) {
+            conn.set_ws(WsConn::server());
+        }
+        let Some(ws) = conn.ws_mut() else {
+            return Ok(chunk.freeze());
+        };
+        let input = ws.receive(chunk);
+        let answer = !ws.idle();
+        let input = match input {
+            Ok(input) => input,
+            Err(WsFail::Handshake(e)) => {
+                // Nothing but the refusal is written: what was queued is dropped, and no
+                // more is taken.
+                session::for_outbox(|o| o.close(slot_of(token)));
+                return Err(CloseReason::Handshake(e));
+            }
+            Err(WsFail::Frame(e)) => return Err(CloseReason::WebSocket(e)),
+        };
+        if input.opened {
+            self.m.ws_opened.add(1);
+        }
+        // The handshake's answer, pongs; and, once open, what was held for the handshake.
+        if answer || input.opened {
+            self.flush(token);
+        }
+        if input.peer_closed {
+            // Answered (the close frame is queued): nothing more is read.
+            self.close_after_flush(token, CloseReason::PeerClosed);
+        }
+        Ok(input.stream)
     }
 
     /// Cuts `data` (and what a split frame holds) into frames and hands each to the handler.
@@ -144,4 +202,10 @@ impl<B: Backend> Core<B> {
         conn.timing.frames(delivered, *now_ms);
         Ok(())
     }
+}
+
+/// The first bytes of a connection are (the start of) `GET `: an HTTP request.
+fn looks_like_upgrade(first: &[u8]) -> bool {
+    let n = first.len().min(4);
+    n > 0 && first[..n] == b"GET "[..n]
 }

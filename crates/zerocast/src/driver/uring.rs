@@ -52,6 +52,8 @@ enum Op {
     Wake = 4,
     /// A cancel request's own completion: carries nothing.
     Cancel = 5,
+    /// The datagram socket's multishot poll.
+    Datagrams = 6,
 }
 
 fn user_data(op: Op, token: u64) -> u64 {
@@ -120,6 +122,9 @@ pub(crate) struct Uring {
     ring: Ring,
     wake: sys::EventFd,
     wake_armed: bool,
+    /// The datagram socket, and whether its multishot poll is armed.
+    datagrams: Option<RawFd>,
+    datagrams_armed: bool,
     finishing: bool,
     listeners: Vec<OwnedFd>,
     /// Per listener: its multishot accept is armed.
@@ -139,6 +144,8 @@ impl Uring {
             ring: Ring::new(RING_ENTRIES, BUFFERS, BUFFER_SIZE)?,
             wake: sys::EventFd::new()?,
             wake_armed: false,
+            datagrams: None,
+            datagrams_armed: false,
             finishing: false,
             listeners: Vec::new(),
             accept_armed: Vec::new(),
@@ -214,6 +221,15 @@ impl Uring {
                         events.push(Event::Woken);
                     }
                 }
+                x if x == Op::Datagrams as u8 => {
+                    if !more {
+                        self.in_flight -= 1;
+                        self.datagrams_armed = false;
+                    }
+                    if res >= 0 {
+                        events.push(Event::Datagrams);
+                    }
+                }
                 _ => {} // a cancel request's own completion
             }
         }
@@ -273,7 +289,11 @@ impl Uring {
         if res >= 0 {
             // SAFETY: a successful accept completion's result is a new descriptor we now own.
             let socket = unsafe { OwnedFd::from_raw_fd(res) };
-            events.push(Event::Accepted { socket, peer: None });
+            events.push(Event::Accepted {
+                listener: index,
+                socket,
+                peer: None,
+            });
             return;
         }
         match -res {
@@ -312,6 +332,13 @@ impl Backend for Uring {
         if listener < self.listeners.len() && !self.finishing {
             self.want_accept.push(listener);
         }
+    }
+
+    fn watch_datagrams(&mut self, socket: &OwnedFd) -> io::Result<()> {
+        // Readiness by a multishot poll; the core reads with `recvmmsg` itself (a batch per
+        // system call, as the ring would not do better for many small datagrams).
+        self.datagrams = Some(socket.as_raw_fd());
+        Ok(())
     }
 
     fn stop_accepting(&mut self) {
@@ -416,6 +443,11 @@ impl Backend for Uring {
             self.in_flight += 1;
             self.wake_armed = true;
         }
+        if let (Some(fd), false, false) = (self.datagrams, self.datagrams_armed, self.finishing) {
+            self.ring.poll_multi(fd, user_data(Op::Datagrams, 0));
+            self.in_flight += 1;
+            self.datagrams_armed = true;
+        }
         for l in std::mem::take(&mut self.want_accept) {
             if !self.accept_armed[l] {
                 self.accept_armed[l] = true;
@@ -460,6 +492,10 @@ impl Backend for Uring {
         if self.wake_armed {
             self.ring
                 .cancel(user_data(Op::Wake, 0), user_data(Op::Cancel, 0));
+        }
+        if self.datagrams_armed {
+            self.ring
+                .cancel(user_data(Op::Datagrams, 0), user_data(Op::Cancel, 0));
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Frame<'a> {
     frame: (usize, usize),
     /// Payload start within `data`.
     payload_start: usize,
+    /// Arrived in a datagram (see [`crate::datagram`]), not on the session's stream.
+    datagram: bool,
 }
 
 impl<'a> Frame<'a> {
@@ -28,7 +30,21 @@ impl<'a> Frame<'a> {
             data,
             frame: (frame.start, frame.end),
             payload_start: frame.start + header,
+            datagram: false,
         }
+    }
+
+    /// The same frame, marked as arrived in a datagram.
+    pub(crate) fn datagram(mut self) -> Self {
+        self.datagram = true;
+        self
+    }
+
+    /// True if the frame arrived in a datagram of the session's unreliable channel
+    /// ([`Session::open_datagrams`](crate::Session::open_datagrams)), false on its stream.
+    #[inline]
+    pub fn is_datagram(&self) -> bool {
+        self.datagram
     }
 
     /// The packet id from the header (0 for framings without ids).

@@ -68,6 +68,30 @@ pub struct WorkerSnapshot {
     pub slow_consumers: u64,
     /// Farewell frames written before a close (the handler's reason to the client).
     pub farewells: u64,
+    /// WebSocket handshakes completed.
+    pub ws_opened: u64,
+    /// WebSocket upgrade requests refused (HTTP 400 or 426).
+    pub ws_refused: u64,
+    /// WebSocket sessions closed for breaking RFC 6455 (with a close frame and its code).
+    pub ws_errors: u64,
+    /// Datagrams taken: their frames went to the handler.
+    pub datagrams_in: u64,
+    /// recvmmsg calls that returned datagrams.
+    pub datagram_reads: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// sendmmsg calls.
+    pub datagram_writes: u64,
+    /// Datagrams refused: malformed, an unknown token, or a wrong tag.
+    pub datagrams_refused: u64,
+    /// Datagrams dropped as older than the last taken.
+    pub datagrams_stale: u64,
+    /// Datagrams dropped over a channel's rate.
+    pub datagrams_flood: u64,
+    /// Datagrams that moved a channel to a new client address.
+    pub datagrams_rebound: u64,
+    /// Datagrams the kernel would not take (dropped, as the channel may).
+    pub datagrams_dropped: u64,
     /// Receive chunks allocated (a chunk is reused once no frame view pins it).
     pub recv_chunks_allocated: u64,
     /// Nanoseconds spent in loop turns that had work.
@@ -152,6 +176,18 @@ impl WorkerSnapshot {
             timeouts,
             slow_consumers,
             farewells,
+            ws_opened,
+            ws_refused,
+            ws_errors,
+            datagrams_in,
+            datagram_reads,
+            datagrams_out,
+            datagram_writes,
+            datagrams_refused,
+            datagrams_stale,
+            datagrams_flood,
+            datagrams_rebound,
+            datagrams_dropped,
             recv_chunks_allocated,
             busy_ns,
             turns,
@@ -241,6 +277,73 @@ impl WorkerSnapshot {
                 C,
                 "Farewell frames written before a close.",
                 self.farewells,
+            ),
+            row(
+                "ws_opened",
+                C,
+                "WebSocket handshakes completed.",
+                self.ws_opened,
+            ),
+            row(
+                "ws_refused",
+                C,
+                "WebSocket upgrade requests refused.",
+                self.ws_refused,
+            ),
+            row(
+                "ws_errors",
+                C,
+                "WebSocket sessions closed for breaking RFC 6455.",
+                self.ws_errors,
+            ),
+            row(
+                "datagrams_in",
+                C,
+                "Datagrams taken: their frames went to the handler.",
+                self.datagrams_in,
+            ),
+            row(
+                "datagram_reads",
+                C,
+                "recvmmsg calls that returned datagrams.",
+                self.datagram_reads,
+            ),
+            row("datagrams_out", C, "Datagrams sent.", self.datagrams_out),
+            row(
+                "datagram_writes",
+                C,
+                "sendmmsg calls.",
+                self.datagram_writes,
+            ),
+            row(
+                "datagrams_refused",
+                C,
+                "Datagrams refused: malformed, an unknown token, or a wrong tag.",
+                self.datagrams_refused,
+            ),
+            row(
+                "datagrams_stale",
+                C,
+                "Datagrams dropped as older than the last taken.",
+                self.datagrams_stale,
+            ),
+            row(
+                "datagrams_flood",
+                C,
+                "Datagrams dropped over a channel's rate.",
+                self.datagrams_flood,
+            ),
+            row(
+                "datagrams_rebound",
+                C,
+                "Datagrams that moved a channel to a new client address.",
+                self.datagrams_rebound,
+            ),
+            row(
+                "datagrams_dropped",
+                C,
+                "Datagrams the kernel would not take (dropped, as the channel may).",
+                self.datagrams_dropped,
             ),
             row(
                 "recv_chunks_allocated",

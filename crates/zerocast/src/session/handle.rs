@@ -93,6 +93,41 @@ impl Session {
         self.shared.push_foreign(bufs.drain(..), len)
     }
 
+    /// Opens the session's unreliable channel ([`crate::datagram`]): the [`Offer`](crate::datagram::Offer)
+    /// to send its client over the stream. Called again, gives the same offer.
+    ///
+    /// # Errors
+    /// Off the session's worker (call it from the handler), on an engine without
+    /// [`Engine::listen_datagrams`](crate::Engine::listen_datagrams), or on a closed session.
+    pub fn open_datagrams(&self) -> Result<crate::datagram::Offer, crate::datagram::DatagramError> {
+        local::open_datagrams(&self.shared)
+    }
+
+    /// Queues `payload` (whole frames) as one datagram to the session's client, sent with the
+    /// worker's other datagrams at the end of the turn. Lossy by contract: a datagram the
+    /// kernel will not take is dropped and counted.
+    ///
+    /// # Errors
+    /// [`DatagramError`](crate::datagram::DatagramError): over the payload limit (never
+    /// fragmented), no datagram from the client yet (its address is unknown), off the
+    /// session's worker, or no channel.
+    pub fn send_datagram(&self, payload: &[u8]) -> Result<(), crate::datagram::DatagramError> {
+        local::send_datagram(&self.shared, payload)
+    }
+
+    /// Queues `payload` as one datagram to each of `sessions` owned by this worker whose
+    /// channel is bound, the payload copied once; returns how many were queued. A snapshot
+    /// to a neighbourhood goes out in `sendmmsg` batches.
+    ///
+    /// # Errors
+    /// As [`send_datagram`](Self::send_datagram), for the call as a whole.
+    pub fn send_datagram_to_all<'a>(
+        sessions: impl IntoIterator<Item = &'a Session>,
+        payload: &[u8],
+    ) -> Result<usize, crate::datagram::DatagramError> {
+        local::send_datagram_to_all(sessions.into_iter().map(|s| &s.shared), payload)
+    }
+
     /// Asks the owning worker to close this session. Frames already received but not yet
     /// delivered are dropped, and so are queued sends. Idempotent.
     pub fn close(&self, reason: &'static str) {

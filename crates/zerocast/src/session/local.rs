@@ -21,6 +21,8 @@ use super::reason::CloseReason;
 use super::shared::{Batch, Refused, SendError, SessionShared};
 use crate::buffer::SendBuffer;
 use crate::conn::outq::{KeepId, Keeps, OutQueue};
+use crate::datagram::channel::Endpoint;
+use crate::datagram::{DatagramError, Offer};
 
 thread_local! {
     static OUTBOX: RefCell<Outbox> = const { RefCell::new(Outbox::off()) };
@@ -46,6 +48,8 @@ pub(crate) struct Outbox {
     pub(crate) queued: usize,
     /// Sends to other workers' sessions, one batch per worker, posted at the end of the turn.
     pub(crate) batches: Vec<Batch>,
+    /// The worker's datagram channels, when it serves datagrams.
+    pub(crate) datagrams: Option<Box<Endpoint>>,
 }
 
 /// One session slot's output.
@@ -72,6 +76,7 @@ impl Outbox {
             waiting: BinaryHeap::new(),
             queued: 0,
             batches: Vec::new(),
+            datagrams: None,
         }
     }
 
@@ -99,6 +104,9 @@ impl Outbox {
         if let Some(s) = self.slots.get_mut(index as usize) {
             s.open = false;
             s.q.clear(&mut self.keeps);
+        }
+        if let Some(d) = self.datagrams.as_mut() {
+            d.close(index);
         }
     }
 
@@ -310,6 +318,59 @@ pub(crate) fn enter(owner: usize) {
 /// callback, which may be sending).
 pub(crate) fn for_outbox<R>(f: impl FnOnce(&mut Outbox) -> R) -> R {
     OUTBOX.with(|o| f(&mut o.borrow_mut()))
+}
+
+/// The slot of `session` in `out`, if it is open there.
+fn open_slot(out: &Outbox, session: &Arc<SessionShared>) -> Option<u32> {
+    let (index, generation) = split(session.token.load(Ordering::Relaxed));
+    matches!(out.slots.get(index as usize),
+        Some(s) if s.open && s.generation == generation && !session.is_closing())
+    .then_some(index)
+}
+
+/// Opens the session's datagram channel (on its owner's thread).
+pub(super) fn open_datagrams(session: &Arc<SessionShared>) -> Result<Offer, DatagramError> {
+    on_owner(session, (), |out, ()| {
+        let slot = open_slot(out, session).ok_or(DatagramError::Unbound)?;
+        let e = out.datagrams.as_mut().ok_or(DatagramError::NoEndpoint)?;
+        Ok(e.open(slot))
+    })
+    .unwrap_or(Err(DatagramError::NotOwner))
+}
+
+/// Queues a datagram for the session (on its owner's thread).
+pub(super) fn send_datagram(
+    session: &Arc<SessionShared>,
+    payload: &[u8],
+) -> Result<(), DatagramError> {
+    on_owner(session, (), |out, ()| {
+        let slot = open_slot(out, session).ok_or(DatagramError::Unbound)?;
+        let e = out.datagrams.as_mut().ok_or(DatagramError::NoEndpoint)?;
+        e.send(slot, payload)
+    })
+    .unwrap_or(Err(DatagramError::NotOwner))
+}
+
+/// Queues one datagram for each of `sessions` this thread owns with a bound channel, the
+/// payload copied once. Returns how many were queued.
+pub(crate) fn send_datagram_to_all<'a>(
+    sessions: impl IntoIterator<Item = &'a Arc<SessionShared>>,
+    payload: &[u8],
+) -> Result<usize, DatagramError> {
+    OUTBOX.with(|o| {
+        let mut out = o.try_borrow_mut().map_err(|_| DatagramError::NotOwner)?;
+        if out.owner == 0 {
+            return Err(DatagramError::NotOwner);
+        }
+        let owner = out.owner;
+        let slots: Vec<u32> = sessions
+            .into_iter()
+            .filter(|s| s.owner_id() == owner)
+            .filter_map(|s| open_slot(&out, s))
+            .collect();
+        let e = out.datagrams.as_mut().ok_or(DatagramError::NoEndpoint)?;
+        e.send_to_all(slots, payload)
+    })
 }
 
 /// Runs `f` on the output if this thread runs the worker owning `session`; otherwise (or

@@ -4,6 +4,8 @@ use std::fmt;
 
 use crate::frame::FrameError;
 use crate::packet::PacketError;
+use crate::ws::frame::{CloseCode, WsError};
+use crate::ws::handshake::HandshakeError;
 
 /// Why a session ended. Passed to [`Handler::on_disconnect`](crate::Handler::on_disconnect)
 /// and logged with `tracing`.
@@ -36,6 +38,10 @@ pub enum CloseReason {
     /// The application's handler panicked while serving this session; the message is the
     /// panic's. Other sessions on the same worker are unaffected.
     HandlerPanic(String),
+    /// A WebSocket client broke RFC 6455 (answered with a close frame and its status code).
+    WebSocket(WsError),
+    /// A WebSocket upgrade request was refused (answered with HTTP 400 or 426).
+    Handshake(HandshakeError),
 }
 
 impl fmt::Display for CloseReason {
@@ -53,6 +59,8 @@ impl fmt::Display for CloseReason {
             Self::IdleTimeout => f.write_str("idle timeout"),
             Self::TooManyConnections => f.write_str("too many connections"),
             Self::HandlerPanic(msg) => write!(f, "handler panicked: {msg}"),
+            Self::WebSocket(e) => write!(f, "WebSocket error: {e}"),
+            Self::Handshake(e) => write!(f, "WebSocket handshake refused: {e}"),
         }
     }
 }
@@ -65,6 +73,23 @@ impl CloseReason {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string panic payload".to_string());
         Self::HandlerPanic(msg)
+    }
+
+    /// A reason the WebSocket transport itself answers (with a close frame or a refusal).
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self, Self::WebSocket(_) | Self::Handshake(_))
+    }
+
+    /// The WebSocket status code a close frame gives for this reason.
+    pub(crate) fn close_code(&self) -> CloseCode {
+        match self {
+            Self::WebSocket(e) => e.close_code(),
+            Self::Shutdown => CloseCode::GoingAway,
+            Self::Local(_) | Self::PeerClosed => CloseCode::Normal,
+            Self::HandlerPanic(_) => CloseCode::Internal,
+            // The protocol inside the messages, the deadlines, the limits.
+            _ => CloseCode::Policy,
+        }
     }
 
     pub(crate) fn from_io(e: &std::io::Error) -> Self {

@@ -34,6 +34,7 @@ macro_rules! syscall {
 pub(crate) mod epoll;
 pub(crate) mod numa;
 pub(crate) mod socket;
+pub(crate) mod udp;
 pub(crate) mod uring;
 
 /// A socket as the engine holds it.

@@ -97,6 +97,8 @@ impl CloseCode {
 pub enum WsError {
     /// A frame from the client without a mask (§5.1: the server must close).
     Unmasked,
+    /// A frame from the server with a mask (§5.1: the client must close).
+    Masked,
     /// Reserved bits set with no extension negotiated.
     Reserved,
     /// An opcode RFC 6455 does not define.
@@ -139,6 +141,7 @@ impl fmt::Display for WsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unmasked => write!(f, "unmasked client frame"),
+            Self::Masked => write!(f, "masked server frame"),
             Self::Reserved => write!(f, "reserved bits set"),
             Self::UnknownOpcode(o) => write!(f, "unknown opcode {o:#x}"),
             Self::BadControl => write!(f, "control frame fragmented or over 125 bytes"),
@@ -187,6 +190,8 @@ pub enum Decoded {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     max_message: usize,
+    /// Decoding a server's frames (the client's side): unmasked, where a client's are masked.
+    from_server: bool,
     /// In a fragmented data message: its opcode and its size so far.
     open: Option<(Opcode, u64)>,
 }
@@ -196,7 +201,16 @@ impl Decoder {
     pub fn new(max_message: usize) -> Self {
         Self {
             max_message,
+            from_server: false,
             open: None,
+        }
+    }
+
+    /// The client's decoder: a server's frames, which are never masked.
+    pub fn from_server(max_message: usize) -> Self {
+        Self {
+            from_server: true,
+            ..Self::new(max_message)
         }
     }
 
@@ -215,8 +229,11 @@ impl Decoder {
             return Err(WsError::Reserved);
         }
         let opcode = Opcode::from_u8(b0 & 0x0F).ok_or(WsError::UnknownOpcode(b0 & 0x0F))?;
-        if b1 & 0x80 == 0 {
-            return Err(WsError::Unmasked);
+        let masked = b1 & 0x80 != 0;
+        match (masked, self.from_server) {
+            (false, false) => return Err(WsError::Unmasked),
+            (true, true) => return Err(WsError::Masked),
+            _ => {}
         }
         let (len, at) = match b1 & 0x7F {
             126 => {
@@ -260,13 +277,15 @@ impl Decoder {
                 });
             }
         }
-        let header = at + 4;
+        let header = if masked { at + 4 } else { at };
         let len = len as usize; // at most max_message or 125: fits
         if buf.len() < header + len {
             return Ok(Decoded::NeedMore(header + len));
         }
-        let key: [u8; 4] = buf[at..header].try_into().expect("4 bytes");
-        unmask(&mut buf[header..header + len], key);
+        if masked {
+            let key: [u8; 4] = buf[at..header].try_into().expect("4 bytes");
+            unmask(&mut buf[header..header + len], key);
+        }
         let payload = &buf[header..header + len];
         match opcode {
             Opcode::Text => {

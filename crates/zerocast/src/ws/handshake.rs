@@ -38,8 +38,11 @@ pub enum HandshakeError {
     NotUpgrade,
     /// `Sec-WebSocket-Version` missing or not 13.
     Version,
-    /// `Sec-WebSocket-Key` missing or not 16 bytes in base64.
+    /// `Sec-WebSocket-Key` missing or not 16 bytes in base64 (or, to a client, a
+    /// `Sec-WebSocket-Accept` that does not match it).
     Key,
+    /// To a client: the server answered with this status, not 101.
+    Refused(u16),
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -51,6 +54,7 @@ impl std::fmt::Display for HandshakeError {
             Self::NotUpgrade => write!(f, "not a WebSocket upgrade"),
             Self::Version => write!(f, "Sec-WebSocket-Version is not 13"),
             Self::Key => write!(f, "missing or malformed Sec-WebSocket-Key"),
+            Self::Refused(code) => write!(f, "the server answered {code}, not 101"),
         }
     }
 }
@@ -120,6 +124,50 @@ pub fn accept_key(key: &str) -> String {
     h.update(key.as_bytes());
     h.update(GUID.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// A `Sec-WebSocket-Key` from 16 random bytes.
+pub fn encode_key(nonce: &[u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// A client's upgrade request for `path` on `host`, with `key` from [`encode_key`].
+pub fn request(host: &str, path: &str, key: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Parses the server's answer to a request sent with `key`: `Ok(None)` while incomplete,
+/// its length once it is a 101 with the right `Sec-WebSocket-Accept`.
+///
+/// # Errors
+/// Anything else: the server refused or does not speak WebSocket.
+pub fn parse_answer(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_REQUEST => {
+            return Err(HandshakeError::TooLong)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+    };
+    if res.code != Some(101) {
+        return Err(HandshakeError::Refused(res.code.unwrap_or(0)));
+    }
+    let accept = res
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+        .map(|h| h.value);
+    if accept != Some(accept_key(key).as_bytes()) {
+        return Err(HandshakeError::Key);
+    }
+    Ok(Some(len))
 }
 
 /// The answer that opens the connection.

@@ -15,7 +15,9 @@
 //!   from the header, close codes and reasons checked), each error naming its close code;
 //!   server frames encoded.
 //!
-//! Not yet wired into the engine's sessions: that is the next step of issue 16.
+//! The engine serves WebSocket with these ([`Engine::listen_websocket`](crate::Engine::listen_websocket),
+//! [`Transport`](crate::Transport)); the connection's state (handshake, in-place unmasking,
+//! framing of writes that the kernel may take in part) is the crate's `conn::ws`.
 
 pub mod frame;
 pub mod handshake;
