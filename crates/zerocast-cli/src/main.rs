@@ -13,6 +13,7 @@ use zerocast_world::cluster::{Cluster, ClusterConfig};
 use zerocast_world::World;
 
 mod demo;
+mod live;
 mod load;
 mod metrics_http;
 
@@ -86,7 +87,8 @@ struct ServerArgs {
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
     /// Serve the counters in the Prometheus text format at http://ADDR/metrics (prints
-    /// `metrics on ADDR` after the listening line).
+    /// `metrics on ADDR` after the listening line; the same address as `world --http`
+    /// shares its server).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
@@ -201,6 +203,11 @@ pub struct WorldArgs {
     /// killed or cut off); processes say they are alive every second.
     #[arg(long, value_name = "SECS", default_value_t = 3.0, requires = "nats")]
     pub presence_timeout: f64,
+    /// Serve the live view at http://ADDR/: a map of every player, the figures, and a
+    /// player to play in the browser over `--ws` (also serves /state.json and /metrics;
+    /// prints `http on ADDR` after the listening line).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 impl WorldArgs {
@@ -304,6 +311,7 @@ fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut extra: Option<metrics_http::Extra> = None;
+    let mut live: Option<(SocketAddr, Arc<World>)> = None;
     // Kept until the server has stopped: dropping it says goodbye to the other processes.
     let mut cluster: Option<Cluster> = None;
     let (engine, args) = match &cli.command {
@@ -320,7 +328,9 @@ fn run() -> anyhow::Result<()> {
         }
         Command::World { server, world } => {
             let config = world.config()?;
-            let mut w = World::new(config.clone());
+            let http = world.http;
+            // Shards publish positions only for a live view to show.
+            let mut w = World::new(config.clone()).spectate(http.is_some());
             if let Some(c) = world.cluster()? {
                 let url = c.url.clone();
                 let joined = Cluster::start(c, &config)
@@ -331,22 +341,26 @@ fn run() -> anyhow::Result<()> {
             let world = Arc::new(w);
             let w = world.clone();
             extra = Some(Arc::new(move || w.snapshot().rows()));
+            live = http.map(|addr| (addr, world.clone()));
             let builder = server.builder(|b| world.configure(b));
             (builder.build(world)?, server)
         }
         Command::Load(args) => return load::main(args),
         Command::Demo(args) => return demo::main(args),
     };
-    serve(engine, args, extra)?;
+    serve(engine, args, extra, live)?;
     drop(cluster);
     Ok(())
 }
 
-/// Listens, prints `listening on ADDR`, and runs until SIGINT or SIGTERM.
+/// Listens, prints `listening on ADDR` (then `websocket on`, `metrics on`, `http on` for the
+/// servers asked for, in that order), and runs until SIGINT or SIGTERM. `live`: the live
+/// view's address and world (`world --http`).
 fn serve(
     engine: Engine,
     args: &ServerArgs,
     extra: Option<metrics_http::Extra>,
+    live: Option<(SocketAddr, Arc<World>)>,
 ) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -358,21 +372,42 @@ fn serve(
         .listen_as(args.listen, transport)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {addr}");
-    match args.ws {
-        Some(WsListen::Same) => println!("websocket on {addr}"),
+    // Where browsers connect, for the live view.
+    let ws = match args.ws {
+        Some(WsListen::Same) => {
+            println!("websocket on {addr}");
+            Some(addr)
+        }
         Some(WsListen::At(ws)) => {
             let bound = engine
                 .listen_websocket(ws)
                 .with_context(|| format!("cannot listen for WebSocket on {ws}"))?;
             println!("websocket on {bound}");
+            Some(bound)
         }
-        None => {}
-    }
+        None => None,
+    };
     tracing::info!(backend = engine.backend().name(), "serving");
-    if let Some(m) = args.metrics {
+    // `--metrics` at the live view's address: the live view serves /metrics too.
+    let shared_metrics = args.metrics.is_some() && args.metrics == live.as_ref().map(|l| l.0);
+    if let Some(m) = args.metrics.filter(|_| !shared_metrics) {
         let bound = metrics_http::serve(m, engine.clone(), extra.clone())
             .with_context(|| format!("cannot serve metrics on {m}"))?;
         println!("metrics on {bound}");
+    }
+    if let Some((at, world)) = live {
+        let page = live::Live {
+            engine: engine.clone(),
+            world,
+            ws,
+            extra: extra.clone(),
+        };
+        let bound =
+            live::serve(at, page).with_context(|| format!("cannot serve the live view on {at}"))?;
+        if shared_metrics {
+            println!("metrics on {bound}");
+        }
+        println!("http on {bound}");
     }
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -17,9 +17,9 @@ pub mod packets;
 pub mod rules;
 mod server;
 
-pub use self::core::{Core, Counts, Deliver, Part, TickBatch};
+pub use self::core::{Core, Counts, Deliver, Part, Position, TickBatch};
 pub use rules::{Body, WorldConfig};
-pub use server::{Shard, World, WorldSnapshot};
+pub use server::{Shard, World, WorldSnapshot, SPECTATE_EVERY};
 
 /// The README's examples (the engine's and the world's), compiled and run as doc tests here,
 /// where both crates are in scope.

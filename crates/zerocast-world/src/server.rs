@@ -16,6 +16,13 @@
 //!
 //! Build the engine with the world's tick ([`World::configure`]); without ticks nothing would
 //! ever be written.
+//!
+//! # Spectating
+//! A world built with [`World::spectate`] also publishes where its players stand: every
+//! [`SPECTATE_EVERY`] ticks each shard copies its players' positions into a vector it keeps
+//! and swaps it with its slot on the shared board (both vectors are reused: no allocation in
+//! steady state, and the lock is held for the swap only). [`World::positions`] reads them. A
+//! world that does not spectate copies nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +38,7 @@ use zerocopy::little_endian::{F32, U16, U64};
 
 use crate::cluster::BusLink as Link;
 use crate::cluster::{BusFigures, Cluster};
-use crate::core::{Core, Counts, Deliver, EntityId, Part, TickBatch};
+use crate::core::{Core, Counts, Deliver, EntityId, Part, Position, TickBatch};
 use crate::lockorder::OrderedMutex;
 use crate::packets::{
     goodbye, reject, Attack, ChannelOffer, Chat, Goodbye, Join, Move, Moved, OpenChannel, Ping,
@@ -40,6 +47,10 @@ use crate::rules::WorldConfig;
 
 /// How many times per tick a world worker reads its sockets (see [`World::configure`]).
 const READ_PASSES_PER_TICK: u32 = 5;
+
+/// Ticks between a spectating world's position reports ([`World::spectate`]): 200 ms at the
+/// default 20 Hz tick, smooth enough for a map a person watches.
+pub const SPECTATE_EVERY: u32 = 4;
 
 /// A snapshot of the world's gauges and counters, summed over its shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -182,6 +193,8 @@ impl StridePlan {
 struct Board {
     shards: Vec<ShardStats>,
     plan: StridePlan,
+    /// Each shard's players' positions, by shard index, when spectating (else empty).
+    positions: Vec<Vec<Position>>,
 }
 
 /// The world server: a [`Handler`]. See the module documentation.
@@ -203,6 +216,8 @@ pub struct World {
     cluster: Option<Arc<Link>>,
     /// The high 32 bits of this process's player ids (0 outside a cluster).
     node: u64,
+    /// Shards publish their players' positions ([`World::spectate`]).
+    spectate: bool,
 }
 
 /// A worker's shard: the [`Handler::Worker`] state of the world.
@@ -232,6 +247,12 @@ struct ShardState {
     /// Scratch: which shards' batches are in.
     seen: Vec<bool>,
     board: Arc<OrderedMutex<Board>>,
+    /// Publish positions every [`SPECTATE_EVERY`] ticks ([`World::spectate`]).
+    spectate: bool,
+    /// Ticks since the positions were last published.
+    since_positions: u32,
+    /// The positions being filled, swapped with the board's slot when published.
+    spare: Vec<Position>,
 }
 
 /// Every position a datagram player sees is sent again this often (in ticks), so that a
@@ -413,6 +434,17 @@ impl ShardState {
         }
     }
 
+    /// Puts this shard's players' positions on the board: filled into the spare vector
+    /// without the lock, then swapped with the shard's slot under it.
+    fn publish_positions(&mut self) {
+        self.spare.clear();
+        self.core.positions_into(&mut self.spare);
+        let mut board = self.board.lock();
+        if let Some(slot) = board.positions.get_mut(self.index) {
+            std::mem::swap(slot, &mut self.spare);
+        }
+    }
+
     fn handle(
         &mut self,
         id: EntityId,
@@ -479,10 +511,37 @@ impl World {
                 Board {
                     shards: Vec::new(),
                     plan,
+                    positions: Vec::new(),
                 },
             )),
             cluster: None,
             node: 0,
+            spectate: false,
+        }
+    }
+
+    /// With `on`, the shards publish their players' positions every [`SPECTATE_EVERY`]
+    /// ticks for [`World::positions`] (a live map); off by default, when it costs nothing.
+    pub fn spectate(mut self, on: bool) -> Self {
+        self.spectate = on;
+        self
+    }
+
+    /// Every player's position as its shard last published it (at most [`SPECTATE_EVERY`]
+    /// ticks ago), in no particular order; empty unless the world spectates
+    /// ([`World::spectate`]). In a cluster, this process's players only.
+    pub fn positions(&self) -> Vec<Position> {
+        let mut out = Vec::new();
+        self.positions_into(&mut out);
+        out
+    }
+
+    /// [`World::positions`], appended to `out` (to reuse its allocation).
+    pub fn positions_into(&self, out: &mut Vec<Position>) {
+        let board = self.board.lock();
+        out.reserve(board.positions.iter().map(Vec::len).sum());
+        for shard in &board.positions {
+            out.extend_from_slice(shard);
         }
     }
 
@@ -568,6 +627,9 @@ impl Handler for World {
             if board.shards.len() < start.workers {
                 board.shards.resize(start.workers, ShardStats::default());
             }
+            if self.spectate && board.positions.len() < start.workers {
+                board.positions.resize_with(start.workers, Vec::new);
+            }
         }
         if let Some(link) = &self.cluster {
             link.started(&start.mail, start.workers);
@@ -587,6 +649,9 @@ impl Handler for World {
             stride: 1,
             seen: Vec::new(),
             board: self.board.clone(),
+            spectate: self.spectate,
+            since_positions: 0,
+            spare: Vec::new(),
         });
     }
 
@@ -633,6 +698,13 @@ impl Handler for World {
         st.waiting = Some(own);
         if st.ready() {
             st.deliver();
+        }
+        if st.spectate {
+            st.since_positions += 1;
+            if st.since_positions >= SPECTATE_EVERY {
+                st.since_positions = 0;
+                st.publish_positions();
+            }
         }
     }
 

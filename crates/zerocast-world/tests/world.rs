@@ -134,6 +134,67 @@ fn has(frames: &[(u16, Vec<u8>)], packet: u16, who: u64) -> bool {
 }
 
 #[test]
+fn a_spectating_world_publishes_every_players_position_and_others_publish_none() {
+    let config = WorldConfig {
+        size: 1_000.0,
+        cell_size: 100.0,
+        max_speed: 1e6,
+        tick: Duration::from_millis(10),
+        ..WorldConfig::default()
+    };
+    let w = Arc::new(World::new(config.clone()).spectate(true));
+    let (engine, addr) = server_with(w.configure(Engine::builder().workers(2)), w.clone());
+    let mut a = Client::join(addr);
+    let mut b = Client::join(addr);
+    a.place(120.0, 130.0);
+    b.place(810.0, 920.0);
+    let want = |players: &[&Client]| {
+        let mut v: Vec<(u64, f32, f32)> = players
+            .iter()
+            .map(|c| match c.id {
+                id if id == a.id => (id, 120.0, 130.0),
+                id => (id, 810.0, 920.0),
+            })
+            .collect();
+        v.sort_by_key(|p| p.0);
+        v
+    };
+    let now = || {
+        let mut v: Vec<(u64, f32, f32)> = w.positions().iter().map(|p| (p.id, p.x, p.y)).collect();
+        v.sort_by_key(|p| p.0);
+        v
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || now() == want(&[&a, &b])),
+        "both players where they moved, from both workers: {:?}",
+        now()
+    );
+    let gone = b.id;
+    drop(b);
+    assert!(
+        wait_until(Duration::from_secs(10), || now() == want(&[&a])),
+        "player {gone} left: {:?}",
+        now()
+    );
+    engine.shutdown();
+    assert_no_leaks(&engine);
+
+    // Off by default: players move, ticks pass, nothing is published.
+    let quiet = Arc::new(World::new(config));
+    let (engine, addr) = server_with(quiet.configure(Engine::builder().workers(2)), quiet.clone());
+    let mut c = Client::join(addr);
+    c.place(500.0, 500.0);
+    let ticks = quiet.snapshot().counts.ticks;
+    assert!(wait_until(Duration::from_secs(10), || {
+        quiet.snapshot().counts.ticks >= ticks + 4 * u64::from(zerocast_world::SPECTATE_EVERY)
+    }));
+    assert!(quiet.positions().is_empty());
+    drop(c);
+    engine.shutdown();
+    assert_no_leaks(&engine);
+}
+
+#[test]
 fn joining_assigns_distinct_ids_and_tells_the_rules() {
     let (engine, addr, w) = world(20.0, 20);
     let a = Client::join(addr);

@@ -1,7 +1,9 @@
 //! `zerocast demo`: the world server and a crowd of bots on one machine, with live figures
 //! and a summary. The server runs as a child process (`zerocast world`, one worker) so its
 //! CPU and memory are its own; the bots run here on the engine's client side. On a machine
-//! with two or more CPUs the server is pinned to CPU 0 and the bots to CPU 1.
+//! with two or more CPUs the server is pinned to CPU 0 and the bots to CPU 1. The server
+//! serves its live view (`--http`) while the bots run: the demo prints its address, and
+//! reads the server's figures from its /metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -64,7 +66,8 @@ impl DemoArgs {
 struct Server {
     child: Child,
     addr: SocketAddr,
-    metrics: SocketAddr,
+    /// The live view, which also serves /metrics.
+    http: SocketAddr,
 }
 
 impl Server {
@@ -76,7 +79,9 @@ impl Server {
         cmd.args([
             "world",
             &format!("--listen=127.0.0.1:{port}"),
-            "--metrics=127.0.0.1:0",
+            "--http=127.0.0.1:0",
+            // The live view's play button.
+            "--ws=127.0.0.1:0",
             "--workers=1",
             "--drain=1",
         ]);
@@ -101,24 +106,9 @@ impl Server {
             });
         }
         let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let mut field = |prefix: &str| -> anyhow::Result<SocketAddr> {
-            let line = lines
-                .next()
-                .context("the world server exited before listening")??;
-            line.strip_prefix(prefix)
-                .with_context(|| format!("unexpected server output: {line}"))?
-                .parse()
-                .context("bad address from the server")
-        };
-        let started =
-            (|| Ok::<_, anyhow::Error>((field("listening on ")?, field("metrics on ")?)))();
+        let started = started(BufReader::new(stdout));
         match started {
-            Ok((addr, metrics)) => Ok(Self {
-                child,
-                addr,
-                metrics,
-            }),
+            Ok((addr, http)) => Ok(Self { child, addr, http }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -127,13 +117,18 @@ impl Server {
         }
     }
 
+    /// The live view's address.
+    fn live_view(&self) -> String {
+        format!("http://{}/", self.http)
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The server's counters and gauges, by name.
     fn metrics(&self) -> Option<Metrics> {
-        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
+        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: demo\r\n\r\n")
             .ok()?;
@@ -178,6 +173,33 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Reads the server's start-up lines up to `http on`, the last: its game address and its live
+/// view's. The lines between (`websocket on`, `metrics on`) are the server's to add.
+fn started(out: impl BufRead) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let mut listening = None;
+    for line in out.lines() {
+        let line = line.context("reading the world server's output")?;
+        let addr = |rest: &str| -> anyhow::Result<SocketAddr> {
+            rest.parse()
+                .with_context(|| format!("bad address from the server: {line}"))
+        };
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            listening = Some(addr(rest)?);
+        } else if let Some(rest) = line.strip_prefix("http on ") {
+            let game = listening
+                .with_context(|| format!("the server printed {line:?} before listening"))?;
+            return Ok((game, addr(rest)?));
+        } else if line
+            .split_once(" on ")
+            .is_none_or(|(_, rest)| rest.parse::<SocketAddr>().is_err())
+        {
+            // Other `NAME on ADDR` lines (`websocket on`) are not the demo's business.
+            bail!("unexpected server output: {line}");
+        }
+    }
+    bail!("the world server exited before serving its live view")
 }
 
 impl Drop for Server {
@@ -267,6 +289,7 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
         args.hz,
         args.duration
     ));
+    out.line(&format!("live view: {}", server.live_view()));
     out.line(COLUMNS);
     out.line(&format!(
         "{:>6}  {:<9}  {:>7}  {:>12}  {:>21}  {:>10}  {:>10}",

@@ -96,6 +96,16 @@ impl Counts {
     }
 }
 
+/// A player's ground position, for a spectator ([`Core::positions_into`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Position {
+    /// The player's id.
+    pub id: EntityId,
+    /// Where it stands on the ground.
+    pub x: f32,
+    pub y: f32,
+}
+
 /// One of this shard's players.
 struct Player {
     body: Body,
@@ -210,6 +220,16 @@ impl Core {
     /// This shard's players.
     pub fn players(&self) -> usize {
         self.players.len()
+    }
+
+    /// Appends this shard's players and their ground positions (`x`, `y`) to `out`, in no
+    /// particular order: what a spectator's map shows.
+    pub fn positions_into(&self, out: &mut Vec<Position>) {
+        out.extend(self.players.iter().map(|(&id, p)| Position {
+            id,
+            x: p.body.pos[0],
+            y: p.body.pos[1],
+        }));
     }
 
     /// Every player this shard knows of, its own and the others'.

@@ -417,3 +417,52 @@ fn over_capacity_each_player_is_written_every_stride_ticks_with_every_movers_lat
         "the older positions were left out"
     );
 }
+
+#[test]
+fn positions_are_the_shards_own_players_where_the_server_keeps_them() {
+    let mut w = Shards::new(2);
+    w.join(0, 1);
+    w.join(0, 2);
+    w.join(1, 3);
+    w.go(0, 1, 150.0, 250.0);
+    w.go(1, 3, 900.0, 10.0);
+    // A refused move (out of the world) leaves the position where it was.
+    let kept = {
+        let mut out = Vec::new();
+        w.cores[0].positions_into(&mut out);
+        out.iter().find(|p| p.id == 2).copied().unwrap()
+    };
+    w.cores[0]
+        .step(2, &Move::new(5000.0, 5.0, 0.0, 1.0), w.now)
+        .unwrap();
+    w.tick();
+    let mut out = Vec::new();
+    w.cores[0].positions_into(&mut out);
+    out.sort_by_key(|p| p.id);
+    assert_eq!(
+        out,
+        [
+            Position {
+                id: 1,
+                x: 150.0,
+                y: 250.0
+            },
+            kept
+        ],
+        "only shard 0's players, the other shard's player is not its to report"
+    );
+    w.cores[0].leave(1);
+    out.clear();
+    w.cores[0].positions_into(&mut out);
+    assert_eq!(out, [kept], "a player that left is gone");
+    out.clear();
+    w.cores[1].positions_into(&mut out);
+    assert_eq!(
+        out,
+        [Position {
+            id: 3,
+            x: 900.0,
+            y: 10.0
+        }]
+    );
+}
