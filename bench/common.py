@@ -36,12 +36,14 @@ SERVERS = {
     "zerocast-2w": lambda mode: ["zerocast", mode, "--workers", "2", "--backend", "epoll"],
     # Both transports on the listening port; its clients speak WebSocket (LOAD_EXTRA).
     "zerocast-ws": lambda mode: zerocast(mode, "epoll") + ["--ws", "same"],
+    # The world with the datagram channel; its bots move and are sent moves by datagram.
+    "zerocast-dgram": lambda mode: zerocast(mode, "epoll") + ["--datagrams", "127.0.0.1:0"],
     "tokio": lambda mode: ["peer-tokio", mode],
     "naive": lambda mode: ["peer-naive", mode],
     "limit": lambda mode: ["peer-limit", mode],
 }
 # What the generator adds for a server's clients.
-LOAD_EXTRA = {"zerocast-ws": ["--ws"]}
+LOAD_EXTRA = {"zerocast-ws": ["--ws"], "zerocast-dgram": ["--datagrams"]}
 ECHO_SERVERS = ["zerocast", "tokio", "naive", "limit"]
 BROADCAST_SERVERS = ["zerocast", "tokio", "naive"]
 NODELAY = "zerocast-0ms"

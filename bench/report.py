@@ -3,6 +3,7 @@
 import math
 import os
 
+import datagrams
 import padding
 import websocket
 
@@ -17,6 +18,7 @@ def write(r):
     scale_out = r.get("cluster")
     pad = r.get("padding")
     wsres, hz_ws = r.get("websocket"), r.get("hz")
+    dgres = r.get("datagrams")
     (quick, runs, duration, warmup, elapsed, steal, echo, bcast, world, fixed, idle, idle_n,
      rate, ref_n, conns, clients, bots, hz, commands, log_path, chart, capacity,
      delay_ms) = (
@@ -416,6 +418,8 @@ def write(r):
         scale_out_section(w, scale_out)
     if wsres:
         websocket.section(w, wsres, hz_ws)
+    if dgres:
+        datagrams.section(w, dgres, hz_ws)
     if pad:
         padding.section(w, pad)
     w("## Chart")

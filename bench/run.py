@@ -20,6 +20,7 @@ import sys
 import time
 
 import cluster
+import datagrams
 import padding
 import report
 import websocket
@@ -209,6 +210,7 @@ def main():
                   ["-c", str(idle_n), "--warmup", "1", "--duration", "1" if quick else "3"], 1)
 
     ws = websocket.run(b, quick, common, hz, runs)
+    dg = datagrams.run(b, quick, common, hz, runs)
 
     scale_out = cluster.run(b, quick, warmup, duration)
 
@@ -223,7 +225,7 @@ def main():
                    idle_n=idle_n, rate=rate, ref_n=ref_n, conns=conns, clients=clients,
                    bots=bots, hz=hz, commands=b.commands, log_path=b.log_path, chart=chart,
                    capacity=capacity, delay_ms=BROADCAST_DELAY_MS, cluster=scale_out,
-                   padding=pad, websocket=ws)
+                   padding=pad, websocket=ws, datagrams=dg)
     L = report.write(results)
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")

@@ -109,6 +109,10 @@ pub struct LoadArgs {
     /// is one masked binary message.
     #[arg(long)]
     ws: bool,
+    /// World: the bots open the datagram channel and move by datagram, and are sent the others'
+    /// moves by datagram (the server needs `--datagrams`).
+    #[arg(long)]
+    datagrams: bool,
     /// Internal: run as shard K of a multi-process load and print a mergeable report.
     #[arg(long, hide = true)]
     shard: Option<u8>,
@@ -162,6 +166,7 @@ impl LoadArgs {
         cfg.tick = self.tick_us.map(Duration::from_micros);
         cfg.chat_every = self.chat_every;
         cfg.websocket = self.ws;
+        cfg.datagrams = self.datagrams;
         Ok(cfg)
     }
 
@@ -196,6 +201,9 @@ impl LoadArgs {
         }
         if self.ws {
             a.push("--ws".into());
+        }
+        if self.datagrams {
+            a.push("--datagrams".into());
         }
         if let Some(t) = self.tick_us {
             a.push(format!("--tick-us={t}"));

@@ -70,6 +70,11 @@ struct ServerArgs {
     /// WebSocket (prints `websocket on ADDR` after the listening line).
     #[arg(long, value_name = "ADDR|same")]
     ws: Option<WsListen>,
+    /// Serve the datagram channel on ADDR's address (`world`: players that open it are sent
+    /// the others' moves by datagram): one socket per worker, on ports PORT, PORT+1, ... (any
+    /// free ports with port 0); prints `datagrams on ADDR,...` after the WebSocket line.
+    #[arg(long, value_name = "ADDR")]
+    datagrams: Option<SocketAddr>,
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
@@ -387,6 +392,13 @@ fn serve(
         }
         None => None,
     };
+    if let Some(d) = args.datagrams {
+        let bound = engine
+            .listen_datagrams(d)
+            .with_context(|| format!("cannot serve datagrams on {d}"))?;
+        let list: Vec<String> = bound.iter().map(ToString::to_string).collect();
+        println!("datagrams on {}", list.join(","));
+    }
     tracing::info!(backend = engine.backend().name(), "serving");
     // `--metrics` at the live view's address: the live view serves /metrics too.
     let shared_metrics = args.metrics.is_some() && args.metrics == live.as_ref().map(|l| l.0);

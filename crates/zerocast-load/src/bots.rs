@@ -24,10 +24,11 @@ use zerocast::metrics::Striped;
 use zerocast::packet::{FixedPacket, VarPacket};
 use zerocast::{Frame, Session};
 use zerocast_world::packets::{
-    channel, reject, Attacked, ChatFrom, ChatText, Entered, Goodbye, Join, Left, Move, Moved, Pong,
-    Rejected, Welcome, PROTOCOL_VERSION,
+    channel, reject, Attacked, ChannelOffer, ChatFrom, ChatText, Entered, Goodbye, Join, Left,
+    Move, Moved, OpenChannel, Pong, Rejected, Welcome, PROTOCOL_VERSION,
 };
 
+use crate::datagrams::Datagrams;
 use crate::stats::Stats;
 
 /// Recent distinct cells a bot remembers for range checks (they change rarely: this spans
@@ -188,10 +189,17 @@ pub(crate) struct Bots {
     chats_sent: Striped,
     chats_received: Striped,
     goodbyes: Striped,
+    /// The bots' datagram channels (`--datagrams`).
+    dgram: Option<Datagrams>,
 }
 
 impl Bots {
-    pub(crate) fn new(count: usize, moves_per_sec_each: f64, chat_every: u64) -> Self {
+    pub(crate) fn new(
+        count: usize,
+        moves_per_sec_each: f64,
+        chat_every: u64,
+        dgram: Option<Datagrams>,
+    ) -> Self {
         Self {
             bots: (0..count)
                 .map(|i| {
@@ -212,6 +220,23 @@ impl Bots {
             chats_sent: Striped::new(),
             chats_received: Striped::new(),
             goodbyes: Striped::new(),
+            dgram,
+        }
+    }
+
+    /// The bots' datagram channels, if they use them.
+    pub(crate) fn datagrams(&self) -> Option<&Datagrams> {
+        self.dgram.as_ref()
+    }
+
+    fn index(session: &Session) -> Option<usize> {
+        usize::try_from(session.id().get().checked_sub(1)?).ok()
+    }
+
+    /// A `Moved` that came by bot `i`'s datagram channel.
+    pub(crate) fn moved_by_datagram(&self, i: usize, m: &Moved, now: u64, stats: &Stats) {
+        if let Some(me) = self.bots.get(i) {
+            self.on_moved(me, m, now, stats);
         }
     }
 
@@ -234,7 +259,12 @@ impl Bots {
         let Some(id) = bot.id else { return false };
         let [x, y, z] = bot.step(self.interval_s);
         let speed = stamped_speed(bot.rules.speed, stamp);
-        if session.send(Move::new(x, y, z, speed).encode()).is_err() {
+        let mv = Move::new(x, y, z, speed).encode();
+        let by_datagram = match (&self.dgram, Self::index(session)) {
+            (Some(d), Some(i)) => d.send(i, &mv),
+            _ => false,
+        };
+        if !by_datagram && session.send(mv).is_err() {
             return false;
         }
         stats.on_send(stamp);
@@ -297,6 +327,26 @@ impl Bots {
                 bot.at(w.x.get(), w.y.get());
                 drop(bot);
                 self.joined.add(1);
+                if self.dgram.is_some() {
+                    let _ = session.send(OpenChannel { version: 1 }.encode());
+                }
+            }
+            ChannelOffer::ID => {
+                let Ok(o) = ChannelOffer::decode(p) else {
+                    return false;
+                };
+                let (Some(d), Some(i)) = (&self.dgram, Self::index(session)) else {
+                    return false;
+                };
+                let offer = zerocast::datagram::Offer {
+                    token: o.token.get(),
+                    key: o.key,
+                    port: o.port.get(),
+                };
+                let server = std::net::SocketAddr::new(session.peer_addr().ip(), offer.port);
+                if let Err(e) = d.open(i, server, offer) {
+                    tracing::warn!(error = %e, "cannot open a bot's datagram socket");
+                }
             }
             Rejected::ID => {
                 let Ok(r) = Rejected::decode(p) else {
@@ -343,6 +393,12 @@ impl Bots {
             if !near {
                 self.out_of_range.add(1);
             }
+        }
+        // A keyframe (datagrams: every position resent each second) has velocity 0, which no
+        // bot's stamped speed is: it refreshes the view and is no delivery of a move.
+        if m.velocity.get().to_bits() == 0 {
+            self.notices.add(1);
+            return;
         }
         let stamp = send_time(m.velocity.get(), now);
         match stamp {

@@ -101,6 +101,9 @@ pub struct LoadConfig {
     pub backend: zerocast::Backend,
     /// Connect over WebSocket (each write one masked binary message) instead of raw TCP.
     pub websocket: bool,
+    /// World: each bot opens the datagram channel and moves by datagram, and is sent the
+    /// others' moves by datagram (the server needs `--datagrams`).
+    pub datagrams: bool,
 }
 
 /// Smallest message: a framed message holds the header and an 8-byte timestamp.
@@ -152,6 +155,7 @@ impl LoadConfig {
             progress_every: Duration::from_millis(250),
             backend: zerocast::Backend::Epoll,
             websocket: false,
+            datagrams: false,
         }
     }
 
@@ -168,6 +172,9 @@ impl LoadConfig {
         };
         if self.connections == 0 {
             return bad("at least one connection is needed".into());
+        }
+        if self.datagrams && self.scenario != Scenario::World {
+            return bad("--datagrams is for the world scenario".into());
         }
         if self.size < min {
             return bad(format!(

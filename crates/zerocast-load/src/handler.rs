@@ -46,6 +46,8 @@ pub(crate) struct LoadHandler {
     pub(crate) open_loop: Option<OpenLoop>,
     /// World scenario: the bots.
     pub(crate) bots: Option<Bots>,
+    /// Set when the run is over: the datagram receiver stops.
+    pub(crate) done: AtomicBool,
 }
 
 /// An open-loop schedule: message `k` goes to session `k % n` at `start + k * interval`.
@@ -129,6 +131,21 @@ impl LoadHandler {
 
     pub(crate) fn closed_loop(&self) -> bool {
         self.depth > 0 && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// A datagram for bot `i` arrived at `now`.
+    pub(crate) fn on_datagram(&self, i: usize, d: &[u8], now: u64) {
+        let Some(bots) = &self.bots else { return };
+        match crate::datagrams::moves(d) {
+            Some(moves) => {
+                for m in moves {
+                    bots.moved_by_datagram(i, m, now, &self.stats);
+                }
+            }
+            None => {
+                self.stats.corrupt.add(1);
+            }
+        }
     }
 
     /// A reply that does not belong to the scenario (`frame`: what arrived, if it was a frame).

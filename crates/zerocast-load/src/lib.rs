@@ -14,6 +14,7 @@
 mod bots;
 pub mod clock;
 mod config;
+mod datagrams;
 mod handler;
 pub mod procfs;
 mod report;

@@ -88,6 +88,7 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             Vec::new()
         },
         last_receive: AtomicU64::new(0),
+        done: AtomicBool::new(false),
         open_loop: match cfg.pace {
             Pace::Rate { per_sec } => Some(OpenLoop::new(per_sec, cfg.workers.max(1))),
             Pace::Closed { .. } => None,
@@ -97,6 +98,9 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
                 cfg.connections,
                 per_sec / cfg.connections as f64,
                 cfg.chat_every,
+                cfg.datagrams
+                    .then(|| crate::datagrams::Datagrams::new(cfg.connections))
+                    .transpose()?,
             )),
             _ => None,
         },
@@ -119,6 +123,10 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
         builder.decoder(LengthPrefixed::new(LengthPrefixed::MAX))
     };
     let engine = builder.build(handler.clone())?;
+    let receiver = cfg.datagrams.then(|| {
+        let h = handler.clone();
+        std::thread::spawn(move || crate::datagrams::Datagrams::receive(h))
+    });
     let mut server = cfg.server_pid.map(|p| Watch::start(Some(p))).transpose()?;
     let mut generator = Watch::start(None)?;
 
@@ -247,6 +255,10 @@ pub fn run(cfg: &LoadConfig, progress: &mut dyn FnMut(&Progress)) -> io::Result<
             }
         }
         engine.shutdown();
+        handler.done.store(true, Ordering::Release);
+        if let Some(r) = receiver {
+            let _ = r.join();
+        }
 
         let latency = stats.latency();
         let sent = stats.sent_in_window.get() as u64;

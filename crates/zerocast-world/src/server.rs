@@ -62,6 +62,10 @@ pub struct WorldSnapshot {
     /// Ticks delivered before every other shard's batch of the tick had arrived (those
     /// events reach their players a tick later): a worker that falls behind shows here.
     pub late: u64,
+    /// `Moved` frames sent by datagram (to players whose channel is bound).
+    pub datagram_moves: u64,
+    /// Of them, those of keyframes (every position resent each second).
+    pub keyframe_moves: u64,
     /// Ticks between deliveries now: 1 while the world is within its write budget
     /// ([`WorldConfig::max_writes_per_sec`]), more when it is over capacity.
     pub stride: u32,
@@ -116,6 +120,18 @@ impl WorldSnapshot {
                 self.late,
             ),
             row(
+                "datagram_moves",
+                C,
+                "Moved frames sent by datagram.",
+                self.datagram_moves,
+            ),
+            row(
+                "keyframe_moves",
+                C,
+                "Moved frames of keyframes (positions resent by datagram each second).",
+                self.keyframe_moves,
+            ),
+            row(
                 "delivery_stride",
                 G,
                 "Ticks between deliveries (1 within capacity; more when over it, moves conflated).",
@@ -168,6 +184,8 @@ struct ShardStats {
     players: usize,
     counts: Counts,
     late: u64,
+    datagram_moves: u64,
+    keyframe_moves: u64,
 }
 
 /// Which ticks deliver: every `stride`-th, the stride changing to `next` from tick `from`
@@ -236,6 +254,8 @@ struct ShardState {
     /// Scratch for datagram payloads and keyframes.
     dgram: Vec<u8>,
     view: Vec<(EntityId, [f32; 3])>,
+    datagram_moves: u64,
+    keyframe_moves: u64,
     /// This shard's batch of the tick being delivered, until every other shard's batch of
     /// that tick has arrived.
     waiting: Option<Arc<TickBatch>>,
@@ -256,7 +276,8 @@ struct ShardState {
 }
 
 /// Every position a datagram player sees is sent again this often (in ticks), so that a
-/// view converges even when the datagram with a player's last move was lost.
+/// view converges even when the datagram with a player's last move was lost. A keyframe's
+/// `Moved` frames have velocity 0.
 const KEYFRAME_TICKS: u64 = 20;
 
 /// Queues each player's parts on its session, each shared buffer held once per delivery.
@@ -267,6 +288,8 @@ struct Out<'a> {
     udp: &'a FxHashSet<EntityId>,
     bufs: Vec<SendBuffer>,
     dgram: &'a mut Vec<u8>,
+    /// `Moved` frames put in datagrams.
+    moves: u64,
 }
 
 impl Deliver for Out<'_> {
@@ -318,6 +341,7 @@ impl Out<'_> {
                         }
                     }
                     push_datagram(session, self.dgram, &bytes[at..at + size]);
+                    self.moves += 1;
                     run = at + size;
                 }
                 at += size;
@@ -389,8 +413,10 @@ impl ShardState {
             udp: &self.udp,
             bufs: Vec::new(),
             dgram: &mut self.dgram,
+            moves: 0,
         };
         self.core.deliver(own, &self.inbox, self.stride, &mut out);
+        self.datagram_moves += out.moves;
         if tick % KEYFRAME_TICKS == 0 {
             self.keyframe();
         }
@@ -418,6 +444,8 @@ impl ShardState {
                 }
                 .encode_into(&mut &mut f[..]);
                 push_datagram(session, &mut self.dgram, &f);
+                self.datagram_moves += 1;
+                self.keyframe_moves += 1;
             }
             flush_datagram(session, &mut self.dgram);
         }
@@ -430,6 +458,8 @@ impl ShardState {
                 players: self.core.players(),
                 counts: self.core.counts(),
                 late: self.late,
+                datagram_moves: self.datagram_moves,
+                keyframe_moves: self.keyframe_moves,
             };
         }
     }
@@ -590,6 +620,8 @@ impl World {
             s.players += shard.players;
             s.counts.add(&shard.counts);
             s.late += shard.late;
+            s.datagram_moves += shard.datagram_moves;
+            s.keyframe_moves += shard.keyframe_moves;
         }
         s
     }
@@ -643,6 +675,8 @@ impl Handler for World {
             udp: FxHashSet::default(),
             dgram: Vec::new(),
             view: Vec::new(),
+            datagram_moves: 0,
+            keyframe_moves: 0,
             waiting: None,
             inbox: Vec::new(),
             late: 0,
