@@ -104,16 +104,24 @@ pub fn start_printing(
         .spawn()
         .expect("binary runs");
     let mut out = BufReader::new(child.stdout.as_mut().unwrap());
-    let lines = prefixes
-        .iter()
-        .map(|prefix| {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            line.trim()
-                .strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .to_owned()
-        })
-        .collect();
+    let mut lines = Vec::new();
+    let mut wrong = None;
+    for prefix in prefixes {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        match line.trim().strip_prefix(prefix) {
+            Some(rest) => lines.push(rest.to_owned()),
+            None => {
+                wrong = Some(format!("expected {prefix:?}, got {line:?}"));
+                break;
+            }
+        }
+    }
+    if let Some(why) = wrong {
+        // Not left running past the failed test.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{why}");
+    }
     (child, lines)
 }
