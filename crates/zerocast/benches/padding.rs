@@ -27,6 +27,8 @@ fn cpus() -> [usize; 2] {
     [0, 1.min(n - 1)]
 }
 
+/// Pins the calling thread (Linux: the benchmark runner's OS; elsewhere it runs unpinned).
+#[cfg(target_os = "linux")]
 fn pin(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -35,6 +37,9 @@ fn pin(cpu: usize) {
     // SAFETY: a live cpu_set_t and its size; pid 0 is the calling thread.
     let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
 }
+
+#[cfg(not(target_os = "linux"))]
+fn pin(_cpu: usize) {}
 
 /// The same 16 slots as `Striped`, packed: eight share each 64-byte line.
 struct PackedStriped {

@@ -9,26 +9,42 @@ use crate::frame::{Decoder, LengthPrefixed};
 use crate::sys;
 
 /// Which event loop the workers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// Edge-triggered epoll: readiness, then a system call per read and per write. The
-    /// default: it measured ahead here (docs/BENCHMARKS.md, "io_uring against epoll").
-    #[default]
+    /// Linux: edge-triggered epoll, readiness, then a system call per read and per write. The
+    /// default on Linux: it measured ahead here (docs/BENCHMARKS.md, "io_uring against
+    /// epoll").
     Epoll,
-    /// io_uring: completions, receive buffers picked by the kernel when data arrives, one
-    /// `io_uring_enter` per loop turn. Building an engine fails if the kernel cannot do it.
+    /// Linux: io_uring, completions, receive buffers picked by the kernel when data arrives,
+    /// one `io_uring_enter` per loop turn. Building an engine fails if the kernel cannot do it.
     Uring,
-    /// io_uring if the kernel supports every operation the backend needs, otherwise epoll,
-    /// with a log line saying why (io_uring can be disabled by sysctl or seccomp).
+    /// Windows: an I/O completion port per worker, `AcceptEx`, overlapped `WSARecv` and one
+    /// gathered `WSASend` in flight per session. The default on Windows.
+    Iocp,
+    /// The best this OS offers: on Linux io_uring if the kernel supports every operation the
+    /// backend needs, otherwise epoll, with a log line saying why (io_uring can be disabled
+    /// by sysctl or seccomp); on Windows IOCP.
     Auto,
 }
 
+impl Default for Backend {
+    /// [`Backend::Epoll`] on Linux, [`Backend::Iocp`] on Windows.
+    fn default() -> Self {
+        if cfg!(windows) {
+            Self::Iocp
+        } else {
+            Self::Epoll
+        }
+    }
+}
+
 impl Backend {
-    /// `epoll`, `uring` or `auto`.
+    /// `epoll`, `uring`, `iocp` or `auto`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Epoll => "epoll",
             Self::Uring => "uring",
+            Self::Iocp => "iocp",
             Self::Auto => "auto",
         }
     }
@@ -38,6 +54,7 @@ impl Backend {
         match s {
             "epoll" => Some(Self::Epoll),
             "uring" | "io_uring" => Some(Self::Uring),
+            "iocp" => Some(Self::Iocp),
             "auto" => Some(Self::Auto),
             _ => None,
         }
@@ -51,20 +68,44 @@ impl Backend {
         if b.is_none() {
             tracing::warn!(
                 value = %v,
-                "ZEROCAST_BACKEND is not epoll, uring or auto: ignored, using the default"
+                "ZEROCAST_BACKEND is not epoll, uring, iocp or auto: ignored, using the default"
             );
         }
         b
     }
 
-    /// The backend `self` resolves to on this kernel.
+    /// The backend `self` resolves to on this OS.
     ///
     /// # Errors
-    /// [`Backend::Uring`] on a kernel that cannot run it.
+    /// A backend of another OS; [`Backend::Uring`] on a kernel that cannot run it.
+    #[cfg(windows)]
+    pub fn resolve(self) -> io::Result<Self> {
+        match self {
+            Self::Iocp | Self::Auto => Ok(Self::Iocp),
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the {} backend runs on Linux only: use iocp (the default) or auto on Windows",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    /// The backend `self` resolves to on this OS.
+    ///
+    /// # Errors
+    /// A backend of another OS; [`Backend::Uring`] on a kernel that cannot run it.
+    #[cfg(target_os = "linux")]
     pub fn resolve(self) -> io::Result<Self> {
         use crate::sys::uring::Ring;
         match self {
             Self::Epoll => Ok(Self::Epoll),
+            Self::Iocp => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the iocp backend runs on Windows only: use epoll (the default), uring or auto \
+                 on Linux",
+            )),
             Self::Uring => Ring::probe().map(|()| Self::Uring).map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -167,7 +208,7 @@ impl Default for Config {
             write_delay: Duration::ZERO,
             read_delay: Duration::ZERO,
             busy_poll: false,
-            backend: Backend::Epoll,
+            backend: Backend::default(),
             datagram_rate: 250,
         }
     }

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,9 +44,10 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The defaults. The backend is epoll unless the `ZEROCAST_BACKEND` environment variable
-    /// says `uring` or `auto` (so a deployment, or CI running every test on each backend, can
-    /// pick the event loop without a rebuild); [`backend`](Self::backend) overrides both.
+    /// The defaults. The backend is the OS's default ([`Backend::default`]: epoll on Linux,
+    /// IOCP on Windows) unless the `ZEROCAST_BACKEND` environment variable names another (so a
+    /// deployment, or CI running every test on each backend, can pick the event loop without
+    /// a rebuild); [`backend`](Self::backend) overrides both.
     pub fn new() -> Self {
         let mut config = Config::default();
         if let Some(b) = Backend::from_env() {
@@ -99,7 +99,8 @@ impl Builder {
     /// the kernel then splits new connections between the processes). Default `false`: a
     /// port already served is refused with an error that names it, because a stale server
     /// left running would otherwise silently take a share of the players. The engine's own
-    /// workers always share their listening port among themselves.
+    /// workers always share their listening port among themselves. Linux only: on Windows,
+    /// which has no `SO_REUSEPORT`, [`Engine::listen`] refuses it.
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.config.reuse_port = on;
         self
@@ -218,7 +219,8 @@ impl Builder {
         self
     }
 
-    /// The event loop ([`Backend`]). Default: epoll, or what `ZEROCAST_BACKEND` says.
+    /// The event loop ([`Backend`]). Default: epoll on Linux, IOCP on Windows, or what
+    /// `ZEROCAST_BACKEND` says.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.config.backend = backend;
         self
@@ -307,6 +309,7 @@ impl Engine {
             .map(|w| Arc::downgrade(w) as std::sync::Weak<dyn crate::session::Owner>)
             .collect();
         let _ = ctx.mail.workers.set(owners);
+        let _ = ctx.workers.set(engine.workers.clone());
         Ok(engine)
     }
 
@@ -336,6 +339,13 @@ impl Engine {
     /// # Errors
     /// As [`listen`](Engine::listen).
     pub fn listen_as(&self, addr: SocketAddr, transport: Transport) -> io::Result<SocketAddr> {
+        if !sys::REUSE_PORT && self.ctx.config.reuse_port {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "sharing a port with other processes (reuse_port) needs SO_REUSEPORT, which \
+                 this OS does not have",
+            ));
+        }
         if addr.port() != 0 && !self.ctx.config.reuse_port {
             ensure_unserved(addr)?;
         }
@@ -344,12 +354,27 @@ impl Engine {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))?;
+        if !sys::REUSE_PORT {
+            // One listener for the engine: one worker accepts, and hands what it accepts round
+            // the workers (a socket completes on one port only). Listeners take turns.
+            let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+            self.workers[i].post(Command::Listen {
+                sock: sys::Sock::from(first),
+                transport,
+                spread: true,
+            });
+            return Ok(bound);
+        }
         let mut sockets = vec![first];
         for _ in 1..self.workers.len() {
             sockets.push(self.listener(bound)?);
         }
         for (worker, socket) in self.workers.iter().zip(sockets) {
-            worker.post(Command::Listen(OwnedFd::from(socket), transport));
+            worker.post(Command::Listen {
+                sock: sys::Sock::from(socket),
+                transport,
+                spread: false,
+            });
         }
         Ok(bound)
     }
@@ -358,8 +383,11 @@ impl Engine {
         // SO_REUSEPORT lets this engine's workers each have a listener on the port (and, with
         // `reuse_port`, other processes too); `ensure_unserved` keeps strangers out.
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
+        #[cfg(target_os = "linux")]
+        {
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nodelay(true)?;
         socket.bind(&addr.into())?;
         socket.listen(self.ctx.config.backlog)?;
@@ -373,7 +401,23 @@ impl Engine {
     /// session's [`Offer`](crate::datagram::Offer) names its worker's port.
     ///
     /// # Errors
+    /// On this OS, always: datagrams are served on Linux only.
+    #[cfg(not(target_os = "linux"))]
+    pub fn listen_datagrams(&self, addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("datagrams ({addr}) are served on Linux only (recvmmsg/sendmmsg batches)"),
+        ))
+    }
+
+    /// Serves datagrams ([`crate::datagram`]) on `addr`'s address: one socket per worker, on
+    /// port `addr.port() + i` for worker `i` (or free ports with port 0), so that a session's
+    /// datagrams reach the worker that owns it. Returns the bound addresses, by worker; a
+    /// session's [`Offer`](crate::datagram::Offer) names its worker's port.
+    ///
+    /// # Errors
     /// If a socket cannot be bound.
+    #[cfg(target_os = "linux")]
     pub fn listen_datagrams(&self, addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
         let mut bound = Vec::new();
         let mut fds = Vec::new();
@@ -439,7 +483,9 @@ impl Engine {
     ) -> io::Result<Session> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if let Some(ip) = source {
+            #[cfg(target_os = "linux")]
             if ip.is_ipv4() {
+                use std::os::fd::AsRawFd;
                 sys::socket::set_bind_address_no_port(socket.as_raw_fd())?;
             }
             socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
@@ -452,7 +498,7 @@ impl Engine {
         let session = self.ctx.new_session(addr, worker);
         self.ctx.connected.add(1);
         worker.post(Command::Register(
-            OwnedFd::from(socket),
+            sys::Sock::from(socket),
             session.clone(),
             ws,
         ));
@@ -515,6 +561,8 @@ impl Engine {
 /// an earlier run from counting.
 fn ensure_unserved(addr: SocketAddr) -> io::Result<()> {
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // (On Windows SO_REUSEADDR would let the probe bind over a live listener: not set there.)
+    #[cfg(target_os = "linux")]
     probe.set_reuse_address(true)?;
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),

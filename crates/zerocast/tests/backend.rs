@@ -18,9 +18,37 @@ fn echo_once(engine: &Engine, addr: std::net::SocketAddr) {
     assert_eq!(back, f, "{:?}", engine.backend());
 }
 
+/// The backends of this OS, and those of the other.
+fn backends() -> (Vec<Backend>, Vec<Backend>) {
+    if cfg!(windows) {
+        (
+            vec![Backend::Iocp, Backend::Auto],
+            vec![Backend::Epoll, Backend::Uring],
+        )
+    } else {
+        (
+            vec![Backend::Epoll, Backend::Uring, Backend::Auto],
+            vec![Backend::Iocp],
+        )
+    }
+}
+
+#[test]
+fn another_os_s_backend_is_refused_saying_so() {
+    for choice in backends().1 {
+        let e = match Engine::builder().workers(1).backend(choice).build(Echo) {
+            Ok(_) => panic!("{choice:?} built on this OS"),
+            Err(e) => e,
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains(choice.name()), "{e}");
+    }
+    assert_eq!(Backend::default(), backends().0[0]);
+}
+
 #[test]
 fn explicit_backends_are_honoured_and_auto_picks_one() {
-    for choice in [Backend::Epoll, Backend::Uring, Backend::Auto] {
+    for choice in backends().0 {
         let built = Engine::builder().workers(1).backend(choice).build(Echo);
         let engine = match (choice, built) {
             (_, Ok(e)) => e,
@@ -44,7 +72,7 @@ fn explicit_backends_are_honoured_and_auto_picks_one() {
 
 #[test]
 fn backend_names_round_trip() {
-    for b in [Backend::Epoll, Backend::Uring, Backend::Auto] {
+    for b in [Backend::Epoll, Backend::Uring, Backend::Iocp, Backend::Auto] {
         assert_eq!(Backend::parse(b.name()), Some(b));
     }
     assert_eq!(Backend::parse("io_uring"), Some(Backend::Uring));

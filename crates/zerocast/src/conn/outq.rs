@@ -446,8 +446,9 @@ mod tests {
     fn written(w: &WriteBuf, n: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for s in &w.slices {
+            let (ptr, len) = crate::sys::socket::slice_parts(s);
             // SAFETY: the test reads the slices while `w` and the kept buffers are alive.
-            let b = unsafe { std::slice::from_raw_parts(s.iov_base as *const u8, s.iov_len) };
+            let b = unsafe { std::slice::from_raw_parts(ptr, len) };
             out.extend_from_slice(b);
         }
         out.truncate(n);
@@ -526,9 +527,9 @@ mod tests {
             120 + ZERO_COPY_MIN
         );
         assert_eq!(w.slices.len(), 3, "cork, big, cork");
-        assert_eq!(w.slices[0].iov_len, 90);
+        assert_eq!(crate::sys::socket::slice_parts(&w.slices[0]).1, 90);
         assert_eq!(
-            w.slices[1].iov_base as *const u8,
+            crate::sys::socket::slice_parts(&w.slices[1]).0,
             keeps.bytes(big).as_ptr(),
             "the big piece is not copied"
         );

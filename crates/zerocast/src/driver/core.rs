@@ -41,6 +41,10 @@ pub(crate) struct EngineShared {
     pub(crate) epoch: Instant,
     /// The workers, for handlers to message each other.
     pub(crate) mail: crate::handler::Mail,
+    /// The workers, for a spread listener's worker to hand connections to.
+    pub(crate) workers: std::sync::OnceLock<Vec<Arc<WorkerShared>>>,
+    /// Connections accepted on spread listeners, to pick the next worker.
+    next_accept: AtomicUsize,
 }
 
 impl EngineShared {
@@ -54,7 +58,17 @@ impl EngineShared {
             accepted_open: AtomicUsize::new(0),
             epoch: Instant::now(),
             mail: crate::handler::Mail::new(),
+            workers: std::sync::OnceLock::new(),
+            next_accept: AtomicUsize::new(0),
         }
+    }
+
+    /// The worker that serves the next connection accepted by worker `me` on a listener:
+    /// `None` for `me` itself (always, unless the listener is `spread` over the workers).
+    pub(crate) fn adopter(&self, spread: bool, me: usize) -> Option<&Arc<WorkerShared>> {
+        let workers = self.workers.get().filter(|w| spread && w.len() > 1)?;
+        let i = self.next_accept.fetch_add(1, Ordering::Relaxed) % workers.len();
+        (i != me).then(|| &workers[i])
     }
 
     /// Counts an accepted session in, unless the engine is at its connection cap.
@@ -129,9 +143,11 @@ pub(crate) struct Core<B: Backend> {
     next_tick: Option<(Instant, u64)>,
     accept_paused_until: Option<Instant>,
     accept_stopped: Vec<usize>,
-    /// Per listener index: the transport it serves.
-    transports: Vec<Transport>,
+    /// Per listener index: the transport it serves, and whether what it accepts is handed
+    /// round the workers.
+    transports: Vec<(Transport, bool)>,
     /// The datagram socket, when the engine serves datagrams.
+    #[cfg(target_os = "linux")]
     pub(super) udp: Option<Box<crate::sys::udp::Udp>>,
     last_accept_warning: Option<Instant>,
     pub(super) shutdown_at: Option<Instant>,
@@ -190,6 +206,7 @@ impl<B: Backend> Core<B> {
             accept_paused_until: None,
             accept_stopped: Vec::new(),
             transports: Vec::new(),
+            #[cfg(target_os = "linux")]
             udp: None,
             last_accept_warning: None,
             shutdown_at: None,
@@ -314,12 +331,22 @@ impl<B: Backend> Core<B> {
                 socket,
                 peer,
             } => {
-                let transport = self.transports.get(listener).copied();
-                self.on_accepted(socket, peer, transport.unwrap_or(Transport::Tcp));
+                let (transport, spread) = self
+                    .transports
+                    .get(listener)
+                    .copied()
+                    .unwrap_or((Transport::Tcp, false));
+                match self.ctx.adopter(spread, self.shared.index) {
+                    Some(worker) => worker.post(Command::Adopt(socket, peer, transport)),
+                    None => self.on_accepted(socket, peer, transport),
+                }
             }
             Event::AcceptFailed { listener, error } => self.on_accept_failed(listener, error),
             Event::Released(token) => self.release(token),
+            #[cfg(target_os = "linux")]
             Event::Datagrams => self.on_datagrams(),
+            #[cfg(not(target_os = "linux"))]
+            Event::Datagrams => {}
             Event::Woken => {
                 let mut cmds = std::mem::take(&mut self.commands);
                 self.shared.take_inbox(&mut cmds);
@@ -368,18 +395,23 @@ impl<B: Backend> Core<B> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Listen(fd, transport) => match self.b.listen(fd) {
+            Command::Listen {
+                sock,
+                transport,
+                spread,
+            } => match self.b.listen(sock) {
                 Ok(i) => {
                     if self.transports.len() <= i {
-                        self.transports.resize(i + 1, Transport::Tcp);
+                        self.transports.resize(i + 1, (Transport::Tcp, false));
                     }
-                    self.transports[i] = transport;
+                    self.transports[i] = (transport, spread);
                     if self.shutdown_at.is_none() {
                         self.b.accept(i);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot watch listener"),
             },
+            Command::Adopt(sock, peer, transport) => self.on_accepted(sock, peer, transport),
             Command::Register(fd, session, ws) => {
                 if self.shutdown_at.is_some() {
                     drop(fd);
@@ -398,7 +430,10 @@ impl<B: Backend> Core<B> {
                     self.close(token, reason);
                 }
             }
+            #[cfg(target_os = "linux")]
             Command::Datagrams(fd) => self.start_datagrams(fd),
+            #[cfg(not(target_os = "linux"))]
+            Command::Datagrams(fd) => drop(fd),
             Command::Session(Notice::Deliver(batch)) => self.deliver_batch(batch),
             Command::Session(Notice::Message(m)) => self.app.message(m),
             Command::Shutdown(deadline) => {
@@ -425,11 +460,7 @@ impl<B: Backend> Core<B> {
         self.accept_stopped.push(listener);
         // The pending connection stays in the backlog; retrying at once would spin.
         self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
-        let out_of_resources = matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
-        if !out_of_resources {
+        if !crate::sys::out_of_resources(&e) {
             tracing::warn!(error = %e, "accept failed");
         } else if self
             .last_accept_warning

@@ -77,6 +77,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn post_batches(&mut self) {
+        #[cfg(target_os = "linux")]
         self.send_datagrams();
         for batch in session::for_outbox(|o| std::mem::take(&mut o.batches)) {
             batch.post();

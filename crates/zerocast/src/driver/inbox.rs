@@ -18,8 +18,16 @@ use crate::sys::Sock;
 
 /// Work posted to a worker.
 pub(crate) enum Command {
-    /// Start accepting on this listener, serving what it accepts with this transport.
-    Listen(Sock, Transport),
+    /// Start accepting on this listener, serving what it accepts with this transport; with
+    /// `spread`, the listener is the engine's only one on its port, and what it accepts is
+    /// handed round the workers.
+    Listen {
+        sock: Sock,
+        transport: Transport,
+        spread: bool,
+    },
+    /// Serve a connection another worker accepted on a spread listener.
+    Adopt(Sock, Option<std::net::SocketAddr>, Transport),
     /// Take ownership of a connected socket for this (new) session (a WebSocket client's
     /// state when it speaks WebSocket).
     Register(Sock, Session, Option<Box<WsConn>>),
@@ -164,7 +172,8 @@ fn resolve_offline(cmd: Command) {
         Command::Register(_, session, _) => session.shared.retire(),
         Command::Session(Notice::Flush(s)) | Command::Session(Notice::Close(s, _)) => s.retire(),
         Command::Session(Notice::Deliver(_) | Notice::Message(_))
-        | Command::Listen(..)
+        | Command::Listen { .. }
+        | Command::Adopt(..)
         | Command::Datagrams(_)
         | Command::Shutdown(_) => {}
     }

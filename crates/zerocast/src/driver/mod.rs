@@ -50,32 +50,38 @@
 //! Tokens are `generation << 32 | slot index`; a backend may keep per-token state indexed by
 //! slot and trust that the core never reuses a slot before it is released.
 //!
-//! Backends: [`epoll`] (readiness) and [`uring`] (completion).
+//! Backends: `epoll` (readiness) and `uring` (completion) on Linux, `iocp` (completion) on
+//! Windows.
 
 mod conn;
 /// The connection record, named for the idle-footprint test in `session`.
 #[cfg(test)]
 pub(crate) type ConnProbe = conn::Conn;
 pub(crate) mod core;
+#[cfg(target_os = "linux")]
 mod datagram;
+#[cfg(target_os = "linux")]
 pub(crate) mod epoll;
 mod flush;
 pub(crate) mod inbox;
+#[cfg(windows)]
+pub(crate) mod iocp;
 mod lifecycle;
 pub(crate) mod metrics;
 mod read;
 mod slab;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
 pub(crate) mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
 pub(crate) use crate::conn::outq::WriteBuf;
+use crate::sys::Sock;
 
 /// A connection's identity in its worker: `generation << 32 | slot index`.
 pub(crate) type Token = u64;
@@ -101,7 +107,7 @@ pub(crate) enum Event {
     Accepted {
         /// The index [`Backend::listen`] gave its listener.
         listener: usize,
-        socket: OwnedFd,
+        socket: Sock,
         peer: Option<SocketAddr>,
     },
     /// Accepting on `listener` stopped.
@@ -137,7 +143,7 @@ pub(crate) trait Backend {
     fn waker(&self) -> std::sync::Arc<dyn Fn() + Send + Sync>;
 
     /// Starts watching a listener; returns its index.
-    fn listen(&mut self, listener: OwnedFd) -> io::Result<usize>;
+    fn listen(&mut self, listener: Sock) -> io::Result<usize>;
 
     /// Starts (or resumes, after [`Event::AcceptFailed`]) accepting on `listener`.
     fn accept(&mut self, listener: usize);
@@ -147,26 +153,26 @@ pub(crate) trait Backend {
 
     /// Starts watching the worker's datagram socket: [`Event::Datagrams`] when it is readable
     /// (edge-triggered: the core reads until the socket is drained, or says so again).
-    fn watch_datagrams(&mut self, socket: &OwnedFd) -> io::Result<()>;
+    fn watch_datagrams(&mut self, socket: &Sock) -> io::Result<()>;
 
     /// Starts serving a connected socket.
-    fn add(&mut self, token: Token, socket: &OwnedFd) -> io::Result<()>;
+    fn add(&mut self, token: Token, socket: &Sock) -> io::Result<()>;
 
     /// A readiness backend: reads into `buf`'s spare capacity, at most `max` bytes.
-    fn recv(&mut self, socket: &OwnedFd, buf: &mut BytesMut, max: usize) -> io::Result<usize>;
+    fn recv(&mut self, socket: &Sock, buf: &mut BytesMut, max: usize) -> io::Result<usize>;
 
     /// Stops receiving on `token` (it keeps sending).
     fn pause(&mut self, token: Token);
 
     /// Starts a gathered write.
-    fn send(&mut self, token: Token, socket: &OwnedFd, w: &mut WriteBuf) -> Sent;
+    fn send(&mut self, token: Token, socket: &Sock, w: &mut WriteBuf) -> Sent;
 
     /// Whether sends finish inline ([`Sent::Done`]): the core then corks more per write,
     /// since a write's cork is free again at once.
     fn sends_inline(&self) -> bool;
 
     /// Stops every operation on `token`.
-    fn close(&mut self, token: Token, socket: &OwnedFd) -> Closing;
+    fn close(&mut self, token: Token, socket: &Sock) -> Closing;
 
     /// Waits for events until `timeout`; appends them to `events`. With `defer_input`, only
     /// the waker or the timeout ends the wait, and then whatever the sockets have is reported

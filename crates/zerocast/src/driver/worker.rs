@@ -54,8 +54,17 @@ pub(crate) fn spawn(
                 }
             }
             match backend {
+                #[cfg(target_os = "linux")]
                 BackendKind::Uring => go(super::uring::Uring::new(), shared, ctx, app, m, ready),
-                _ => go(super::epoll::Epoll::new(), shared, ctx, app, m, ready),
+                #[cfg(target_os = "linux")]
+                BackendKind::Epoll => go(super::epoll::Epoll::new(), shared, ctx, app, m, ready),
+                #[cfg(windows)]
+                BackendKind::Iocp => go(super::iocp::Iocp::new(), shared, ctx, app, m, ready),
+                other => {
+                    // `Backend::resolve` refuses these before any worker starts.
+                    let why = format!("the {} backend does not run on this OS", other.name());
+                    let _ = ready.send(Err(io::Error::new(io::ErrorKind::Unsupported, why)));
+                }
             }
         })?;
     built

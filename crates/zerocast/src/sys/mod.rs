@@ -1,23 +1,32 @@
-//! Every system call and unsafe OS interaction of the engine (Linux).
+//! Every system call and unsafe OS interaction of the engine, per operating system.
 //!
 //! Each wrapper owns its `unsafe` and argues it in a `// SAFETY:` comment. What cannot be made
 //! safe here (a submission whose memory the kernel reads later) is an `unsafe fn` with a
 //! `# Safety` section, and its callers argue each call. Above this module no code hands a raw
-//! pointer to the kernel.
+//! pointer to the kernel, and no code names an OS type but [`Sock`].
 //!
+//! Linux:
 //! - [`socket`]: receive, gathered send, accept, socket options (through `socket2` where it
 //!   has them);
-//! - [`epoll`]: the readiness backend's epoll instance, waiting until a deadline with
+//! - `epoll`: the readiness backend's epoll instance, waiting until a deadline with
 //!   nanosecond precision;
-//! - [`uring`]: the completion backend's ring, its submissions and its provided-buffer ring;
+//! - `uring`: the completion backend's ring, its submissions and its provided-buffer ring;
 //! - [`numa`]: memory nodes from sysfs, and the memory policies of pinned workers;
-//! - here: the worker wake-up eventfd and CPU pinning.
+//! - `udp`: `recvmmsg`/`sendmmsg` batches;
+//! - `linux`: the worker wake-up eventfd and CPU pinning.
+//!
+//! Windows:
+//! - [`socket`]: `WSABUF` slices and the socket options;
+//! - `iocp`: the completion port, `AcceptEx`, overlapped `WSARecv`/`WSASend`, cancellation;
+//! - [`numa`]: no binding (the engine's NUMA policies are Linux's);
+//! - `windows`: CPU pinning and error classification.
+//!
+//! Both: `opts`, the socket options `socket2` sets the same way everywhere.
 
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Calls a libc function returning `-1` on error and converts that to `io::Error`.
+#[cfg(target_os = "linux")]
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
         #[allow(unused_unsafe)]
@@ -31,106 +40,45 @@ macro_rules! syscall {
     }};
 }
 
+mod opts;
+
+#[cfg(target_os = "linux")]
 pub(crate) mod epoll;
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
 pub(crate) mod numa;
+#[cfg(target_os = "linux")]
 pub(crate) mod socket;
+#[cfg(target_os = "linux")]
 pub(crate) mod udp;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
 
-/// A socket as the engine holds it.
-pub(crate) type Sock = OwnedFd;
-
-/// Wraps a descriptor the kernel just returned.
-fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful syscall that creates a descriptor; nobody
-    // else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// A worker's wake-up: a non-blocking, close-on-exec eventfd that any thread can signal and
-/// the worker's backend waits on (epoll watches it; io_uring polls it).
-#[derive(Clone)]
-pub(crate) struct EventFd(std::sync::Arc<OwnedFd>);
-
-impl EventFd {
-    pub(crate) fn new() -> io::Result<Self> {
-        syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
-            .map(|fd| Self(std::sync::Arc::new(owned(fd))))
-    }
-
-    pub(crate) fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
-    /// Adds one to the counter (wakes a waiter).
-    pub(crate) fn signal(&self) -> io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live local u64, as eventfd requires.
-        syscall!(write(
-            self.raw(),
-            (&one as *const u64).cast(),
-            std::mem::size_of::<u64>()
-        ))
-        .map(drop)
-    }
-
-    /// Resets the counter (EAGAIN when it was already zero is fine).
-    pub(crate) fn drain(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live local u64.
-        let _ = syscall!(read(
-            self.raw(),
-            (&mut value as *mut u64).cast(),
-            std::mem::size_of::<u64>()
-        ));
-    }
-
-    /// A closure that signals it, for the worker's inbox.
-    pub(crate) fn waker(&self) -> std::sync::Arc<dyn Fn() + Send + Sync> {
-        let me = self.clone();
-        std::sync::Arc::new(move || {
-            if let Err(e) = me.signal() {
-                tracing::error!(error = %e, "cannot wake worker");
-            }
-        })
-    }
-}
-
-/// Pins the calling thread to one CPU.
-pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cpu index too large",
-        ));
-    }
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
-    // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: passes a live cpu_set_t and its size; pid 0 is the calling thread.
-    syscall!(sched_setaffinity(
-        0,
-        std::mem::size_of::<libc::cpu_set_t>(),
-        &set
-    ))
-    .map(drop)
-}
+#[cfg(windows)]
+#[path = "win/iocp.rs"]
+pub(crate) mod iocp;
+#[cfg(windows)]
+#[path = "win/numa.rs"]
+pub(crate) mod numa;
+#[cfg(windows)]
+#[path = "win/socket.rs"]
+pub(crate) mod socket;
+#[cfg(windows)]
+#[path = "win/mod.rs"]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
 
 /// Number of CPUs this process may run on.
 pub(crate) fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// What an io_uring probe error usually means, for the operator reading the log.
-pub(crate) fn why_no_uring(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "{e}: the kernel.io_uring_disabled sysctl or a seccomp profile (as in containers) \
-             forbids io_uring"
-        ),
-        Some(libc::ENOSYS) => format!("{e}: this kernel has no io_uring"),
-        Some(libc::ENOMEM) => format!("{e}: locked memory limit too low for the rings"),
-        _ => e.to_string(),
-    }
+/// Whether `e` says the process ran out of descriptors or memory (accepting then backs off
+/// rather than spinning, and logs it at most once a second).
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    OUT_OF_RESOURCES.contains(&e.raw_os_error().unwrap_or(0))
 }

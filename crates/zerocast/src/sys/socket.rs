@@ -1,5 +1,6 @@
-//! Socket calls: receiving into spare capacity, gathered sends, accepting, and the options the
-//! engine sets. Options go through `socket2` except the one it lacks.
+//! Socket calls (Linux): receiving into spare capacity, gathered sends, accepting, and the
+//! options the engine sets. Options go through `socket2` ([`super::opts`]) except the one it
+//! lacks.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -8,6 +9,7 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use bytes::{BufMut, BytesMut};
 
+pub(crate) use super::opts::*;
 use super::owned;
 
 /// Most pieces one gathered send takes (Linux `UIO_MAXIOV`).
@@ -24,6 +26,12 @@ pub(crate) fn raw_slice(ptr: *const u8, len: usize) -> RawSlice {
         iov_base: ptr.cast_mut().cast(),
         iov_len: len,
     }
+}
+
+/// A piece's address and length.
+#[cfg(test)]
+pub(crate) fn slice_parts(s: &RawSlice) -> (*const u8, usize) {
+    (s.iov_base.cast_const().cast(), s.iov_len)
 }
 
 /// The `msghdr` of an io_uring `sendmsg`, kept with its write so that its address is stable
@@ -87,31 +95,6 @@ pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))?;
     Ok((fd, addr))
-}
-
-/// The address of a connected socket's peer.
-pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    socket2::SockRef::from(fd)
-        .peer_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))
-}
-
-/// Puts a socket in blocking mode: io_uring then waits for readiness inside the kernel instead
-/// of completing an operation with `EAGAIN`.
-pub(crate) fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
-    socket2::SockRef::from(fd).set_nonblocking(false)
-}
-
-/// Turns Nagle's algorithm off: game traffic is small and latency-bound.
-pub(crate) fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
-    socket2::SockRef::from(fd).set_nodelay(true)
-}
-
-/// Sets the kernel send buffer size (`SO_SNDBUF`; the kernel doubles it for bookkeeping and
-/// stops autotuning it).
-pub(crate) fn set_send_buffer(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
-    socket2::SockRef::from(fd).set_send_buffer_size(bytes)
 }
 
 /// Defers choosing the local port of a socket bound to an address with port 0 until

@@ -162,10 +162,14 @@ pub fn small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
 /// Whether RSS bounds mean anything in this build. Under AddressSanitizer (built with
 /// `--cfg zerocast_asan`, see `.ci/run`) freed memory stays resident in the allocator's
 /// quarantine by design, so the tests skip their RSS bounds and keep everything else.
-pub const RSS_BOUNDS: bool = !cfg!(zerocast_asan);
+/// Nor where this process has no `/proc` to read it from (Windows, under Wine).
+pub const RSS_BOUNDS: bool = !cfg!(zerocast_asan) && cfg!(target_os = "linux");
 
-/// This process's resident memory in bytes.
+/// This process's resident memory in bytes (0 without `/proc`: see [`RSS_BOUNDS`]).
 pub fn rss_bytes() -> u64 {
+    if !cfg!(target_os = "linux") {
+        return 0;
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: u64 = status
         .lines()

@@ -114,8 +114,9 @@ fn drain(ws: &mut WsConn, q: &mut OutQueue, keeps: &mut Keeps, step: usize) -> V
         let offered = ws.framing(|f| q.gather_framed(keeps, &mut w, 1024, 1 << 20, f));
         let n = offered.min(step);
         for s in &w.slices {
+            let (ptr, len) = crate::sys::socket::slice_parts(s);
             // SAFETY: the slices point into `w` and `keeps`, both alive and untouched here.
-            let b = unsafe { std::slice::from_raw_parts(s.iov_base as *const u8, s.iov_len) };
+            let b = unsafe { std::slice::from_raw_parts(ptr, len) };
             out.extend_from_slice(b);
         }
         out.truncate(out.len() - (offered - n));
