@@ -6,16 +6,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use zerocast::{frame::Raw, Backend, Builder, Engine};
 use zerocast_servers::{Broadcast, Echo, BROADCAST_MAX_FRAME};
 use zerocast_world::cluster::{Cluster, ClusterConfig};
 use zerocast_world::World;
 
+// The demo and the load generator run on Linux only (the generator reads /proc and uses
+// Linux socket options); on Windows their subcommands say so and exit 2.
+#[cfg(target_os = "linux")]
 mod demo;
 mod live;
+#[cfg(target_os = "linux")]
 mod load;
 mod metrics_http;
+mod signals;
 
 #[derive(Parser)]
 #[command(
@@ -53,12 +57,52 @@ enum Command {
     },
     /// The world server and 2,000 bots on this machine for 20 seconds, with live figures and
     /// a summary: the first thing to run.
+    #[cfg(target_os = "linux")]
     Demo(demo::DemoArgs),
     /// Load generator: drives an echo, broadcast or world server (or holds idle connections)
     /// and reports throughput and latency; exits 1 when the run measured nothing, lost
     /// connections, or met a server that speaks another protocol.
+    #[cfg(target_os = "linux")]
     Load(load::LoadArgs),
+    /// Linux only: says so and exits 2.
+    #[cfg(not(target_os = "linux"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo(LinuxOnly),
+    /// Linux only: says so and exits 2.
+    #[cfg(not(target_os = "linux"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Load(LinuxOnly),
 }
+
+/// The arguments of a subcommand that runs on Linux only, whatever they are.
+#[cfg(not(target_os = "linux"))]
+#[derive(Args)]
+struct LinuxOnly {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<std::ffi::OsString>,
+}
+
+/// A subcommand that does not run on this system: `main` prints it and exits 2 (a usage
+/// error, like an unknown subcommand).
+#[derive(Debug)]
+struct LinuxOnlyError(&'static str);
+
+impl std::fmt::Display for LinuxOnlyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for LinuxOnlyError {}
+
+#[cfg(not(target_os = "linux"))]
+const LOAD_IS_LINUX_ONLY: &str = "`zerocast load`, the load generator, runs on Linux only: run \
+     it on a Linux machine against this server (`zerocast load world --target HOST:PORT`)";
+
+#[cfg(not(target_os = "linux"))]
+const DEMO_IS_LINUX_ONLY: &str = "`zerocast demo` runs the load generator's bots, and the load \
+     generator runs on Linux only: serve here (`zerocast world --listen 0.0.0.0:7000`) and run \
+     the bots on a Linux machine (`zerocast load world --target HOST:7000`)";
 
 #[derive(Args)]
 struct ServerArgs {
@@ -96,13 +140,16 @@ struct ServerArgs {
     /// shares its server).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// On SIGINT/SIGTERM, keep writing queued data for up to SECS seconds before closing.
+    /// On SIGINT/SIGTERM (on Windows: Ctrl-C, Ctrl-Break), keep writing queued data for up to
+    /// SECS seconds before closing.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     drain: f64,
-    /// Event loop: epoll, uring (io_uring), or auto (io_uring where the kernel supports it,
-    /// else epoll, logging why) [default: epoll, or the ZEROCAST_BACKEND environment variable].
-    #[arg(long, value_enum)]
-    backend: Option<BackendArg>,
+    /// Event loop: on Linux epoll, uring (io_uring), or auto (io_uring where the kernel
+    /// supports it, else epoll, logging why); on Windows iocp (I/O completion ports, which auto
+    /// picks there) [default: epoll on Linux, iocp on Windows, or the ZEROCAST_BACKEND
+    /// environment variable].
+    #[arg(long, value_parser = backend_parser())]
+    backend: Option<Backend>,
     /// Share the listening port with other processes already serving it (SO_REUSEPORT: the
     /// kernel splits new connections between them). Without it, a port already served is
     /// refused.
@@ -144,13 +191,6 @@ impl std::str::FromStr for WsListen {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum BackendArg {
-    Epoll,
-    Uring,
-    Auto,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
 enum NumaArg {
     Auto,
     Bind,
@@ -167,14 +207,15 @@ impl From<NumaArg> for zerocast::Numa {
     }
 }
 
-impl From<BackendArg> for Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Epoll => Backend::Epoll,
-            BackendArg::Uring => Backend::Uring,
-            BackendArg::Auto => Backend::Auto,
-        }
-    }
+/// `--backend`: the names every build accepts (the engine says which cannot run here), read by
+/// the engine's own [`Backend::parse`].
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["epoll", "uring", "iocp", "auto"]).try_map(
+        |name: String| {
+            Backend::parse(&name).ok_or_else(|| format!("this engine has no {name} backend"))
+        },
+    )
 }
 
 /// The world's rules (defaults: `zerocast::world::WorldConfig::default()`).
@@ -270,7 +311,7 @@ impl ServerArgs {
             .reuse_port(self.reuse_port)
             .write_delay(Duration::from_secs_f64(self.write_delay.max(0.0) / 1e3));
         if let Some(backend) = self.backend {
-            b = b.backend(backend.into());
+            b = b.backend(backend);
         }
         if let Some(bytes) = self.send_buffer {
             b = b.send_buffer(bytes);
@@ -292,7 +333,11 @@ fn main() -> std::process::ExitCode {
             // The error and its causes on one line, never a backtrace: the reader is an
             // operator, not a debugger.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<LinuxOnlyError>() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -350,8 +395,14 @@ fn run() -> anyhow::Result<()> {
             let builder = server.builder(|b| world.configure(b));
             (builder.build(world)?, server)
         }
+        #[cfg(target_os = "linux")]
         Command::Load(args) => return load::main(args),
+        #[cfg(target_os = "linux")]
         Command::Demo(args) => return demo::main(args),
+        #[cfg(not(target_os = "linux"))]
+        Command::Load(_) => return Err(LinuxOnlyError(LOAD_IS_LINUX_ONLY).into()),
+        #[cfg(not(target_os = "linux"))]
+        Command::Demo(_) => return Err(LinuxOnlyError(DEMO_IS_LINUX_ONLY).into()),
     };
     serve(engine, args, extra, live)?;
     drop(cluster);
@@ -359,8 +410,8 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// Listens, prints `listening on ADDR` (then `websocket on`, `metrics on`, `http on` for the
-/// servers asked for, in that order), and runs until SIGINT or SIGTERM. `live`: the live
-/// view's address and world (`world --http`).
+/// servers asked for, in that order), and runs until SIGINT or SIGTERM (on Windows also
+/// Ctrl-Break; see `signals`). `live`: the live view's address and world (`world --http`).
 fn serve(
     engine: Engine,
     args: &ServerArgs,
@@ -368,7 +419,7 @@ fn serve(
     live: Option<(SocketAddr, Arc<World>)>,
 ) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = signals::Signals::new()?;
     let transport = match args.ws {
         Some(WsListen::Same) => zerocast::Transport::Both,
         _ => zerocast::Transport::Tcp,
@@ -423,7 +474,7 @@ fn serve(
     }
     use std::io::Write;
     std::io::stdout().flush()?;
-    let handle = signals.handle();
+    let handle = signals.closer();
     let stats = args.stats.map(Duration::from_secs);
     std::thread::scope(|s| {
         if let Some(every) = stats {
@@ -443,7 +494,7 @@ fn serve(
                 }
             });
         }
-        let signal = signals.forever().next();
+        let signal = signals.wait();
         handle.close();
         tracing::info!(?signal, "shutting down");
         engine.shutdown_graceful(Duration::from_secs_f64(args.drain.max(0.0)));

@@ -3,7 +3,8 @@
 //! The figures are encoded by `prometheus-client` (the Prometheus project's Rust client) from
 //! the engine's [`Snapshot`](zerocast::Snapshot) at each scrape, under the names the `stats`
 //! and `final` lines use (`zerocast_` + name, `_total` on counters), with a `worker` label on
-//! what each worker counts; `process_*` come from `/proc` through the `procfs` crate.
+//! what each worker counts; `process_*` come from `/proc` through the `procfs` crate, on Linux
+//! only: a Windows build exposes no `process_*` families (absent, not zero).
 //!
 //! The HTTP side is a minimal responder on its own thread: one request per connection,
 //! `GET /metrics` answered, anything else 404, a 2-second read timeout so a silent client
@@ -83,6 +84,7 @@ pub fn render(engine: &Arc<Engine>, extra: Option<&Extra>) -> String {
         engine: engine.clone(),
         extra: extra.cloned(),
     }));
+    #[cfg(target_os = "linux")]
     registry.register_collector(Box::new(ProcessFigures));
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
@@ -243,9 +245,11 @@ impl Collector for EngineFigures {
 }
 
 /// The standard `process_*` families, read from `/proc/self`.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct ProcessFigures;
 
+#[cfg(target_os = "linux")]
 impl Collector for ProcessFigures {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use procfs::process::Process;
