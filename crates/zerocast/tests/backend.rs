@@ -46,6 +46,18 @@ fn another_os_s_backend_is_refused_saying_so() {
     assert_eq!(Backend::default(), backends().0[0]);
 }
 
+/// Windows serves no datagrams (the channel is built on Linux's recvmmsg/sendmmsg), and says
+/// so rather than binding sockets nobody reads.
+#[cfg(windows)]
+#[test]
+fn datagrams_are_refused_on_windows() {
+    let engine = Engine::builder().workers(1).build(Echo).unwrap();
+    let e = engine
+        .listen_datagrams("127.0.0.1:0".parse().unwrap())
+        .expect_err("no datagrams on Windows");
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+}
+
 #[test]
 fn explicit_backends_are_honoured_and_auto_picks_one() {
     for choice in backends().0 {

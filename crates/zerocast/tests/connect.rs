@@ -124,13 +124,21 @@ fn a_port_another_engine_serves_is_refused_unless_sharing_is_asked_for() {
         msg.contains(&addr.port().to_string()) && msg.contains("reuse-port"),
         "{msg}"
     );
-    // Asked for, sharing works (and the first engine's own two workers share already).
+    // Asked for, sharing works (and the first engine's own two workers share already);
+    // Windows has no SO_REUSEPORT, and says so.
     let sharing = Engine::builder()
         .workers(1)
         .reuse_port(true)
         .build(Echo)
         .unwrap();
-    assert_eq!(sharing.listen(addr).unwrap(), addr);
+    if cfg!(windows) {
+        let e = sharing
+            .listen(addr)
+            .expect_err("no SO_REUSEPORT on Windows");
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    } else {
+        assert_eq!(sharing.listen(addr).unwrap(), addr);
+    }
     // Once nobody serves it, the port is free again.
     drop((first, sharing));
     let third = Engine::builder().workers(1).build(Echo).unwrap();

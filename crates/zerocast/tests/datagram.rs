@@ -3,6 +3,10 @@
 //! forged, the malformed and a flood, refusing what would fragment, and leaving other
 //! sessions alone.
 
+// Linux only: the channel is built on recvmmsg/sendmmsg (on Windows
+// `Engine::listen_datagrams` is refused: see backend.rs).
+#![cfg(target_os = "linux")]
+
 mod util;
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -3,6 +3,9 @@
 //! This machine has one node: `Numa::Bind` binds there anyway (the default, `Auto`, would say
 //! there is nothing to gain), and `Numa::Off` shows what an unbound worker reports.
 
+// Linux only: the memory policies are Linux's (set_mempolicy, mbind).
+#![cfg(target_os = "linux")]
+
 mod util;
 
 /// The kernel's policy mode "preferred node" (linux/mempolicy.h; 0 is the default policy).

@@ -269,12 +269,17 @@ pub(crate) fn cancel(sock: RawSock, op: Option<&Overlapped>) {
 
 /// A socket's receive: its `OVERLAPPED` and the memory it receives into.
 ///
+/// Two buffers take turns: a receive lands in what is left of `buf`; when too little is left,
+/// `spare` (the buffer before, whose views have dropped by then in steady state) comes back
+/// whole, so a session that keeps receiving allocates nothing.
+///
 /// Invariant: `offered` is the spare capacity of `buf` the receive in flight (or just
 /// finished) was given, 0 when none was started since the last [`take`](Self::take).
 #[derive(Default)]
 pub(crate) struct RecvOp {
     ov: Overlapped,
     buf: BytesMut,
+    spare: BytesMut,
     offered: usize,
 }
 
@@ -284,8 +289,8 @@ impl RecvOp {
     }
 
     /// Starts a receive of at most `size` bytes into the record's memory: what is left of its
-    /// buffer if at least `min` bytes, or the whole buffer again once every view of what it
-    /// received earlier has dropped, or a new buffer of `size` bytes.
+    /// buffer if at least `min` bytes, or a whole buffer again (this one or the spare) once
+    /// every view of what it received earlier has dropped, or a new buffer of `size` bytes.
     ///
     /// # Safety
     /// No operation may be in flight on this record, and (when it returns
@@ -298,7 +303,13 @@ impl RecvOp {
         min: usize,
     ) -> io::Result<Started> {
         if self.buf.capacity() - self.buf.len() < min && !self.buf.try_reclaim(size) {
-            self.buf = BytesMut::with_capacity(size);
+            let old = if self.spare.try_reclaim(size) {
+                std::mem::take(&mut self.spare)
+            } else {
+                BytesMut::with_capacity(size)
+            };
+            // What the old buffer's views still hold is freed when the last one drops.
+            self.spare = std::mem::replace(&mut self.buf, old);
         }
         let spare = self.buf.spare_capacity_mut();
         let len = spare.len().min(size).min(u32::MAX as usize);
