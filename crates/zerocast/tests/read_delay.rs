@@ -45,6 +45,7 @@ fn echo_spread(read_delay: Duration, backend: Option<zerocast::Backend>) -> (u64
 
 /// The worker's wake-ups with a delay: one per pass (at most every 100 ms, the housekeeping
 /// period, when the delay is longer), not one per frame.
+#[cfg(target_os = "linux")]
 fn passes_bound(spent: Duration) -> u64 {
     // A pass per 100 ms of the run, twice over for timing slop, plus the few turns the
     // clients' last reads and the closes take.
