@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::ops::{OpState, CLOSED, PAUSED, RECV_ARMED, SEND_IN_FLIGHT};
 use super::slab::{generation_of, slot_of};
 use super::{Backend, Closing, Event, Sent, Token, WriteBuf};
 use crate::sys::iocp::{self, AcceptOp, Completion, Overlapped, Port, RawSock, RecvOp, Started};
@@ -48,37 +49,17 @@ const MAX_COMPLETIONS: usize = 1024;
 // A token is a completion key: keys are pointer-sized.
 const _: () = assert!(usize::BITS == 64, "the IOCP backend needs a 64-bit target");
 
-const RECV_ARMED: u8 = 1;
-const SEND_IN_FLIGHT: u8 = 1 << 1;
-const PAUSED: u8 = 1 << 2;
-const CLOSED: u8 = 1 << 3;
-
 /// One connection's operations.
 ///
 /// Invariant (operation lifetime): while [`RECV_ARMED`], the OS may write into `recv`'s
 /// memory and its `OVERLAPPED`; while [`SEND_IN_FLIGHT`], it reads the core's `WriteBuf` and
 /// writes `send`. The record is boxed (its address is fixed) and dropped, and the token
-/// released, only once [`CLOSED`] is set and neither flag is.
+/// released, only once [`OpState::releasable`].
 struct IConn {
-    generation: u32,
-    flags: u8,
+    ops: OpState,
     sock: RawSock,
     recv: RecvOp,
     send: Overlapped,
-}
-
-impl IConn {
-    fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
-    }
-
-    fn set(&mut self, flag: u8, on: bool) {
-        if on {
-            self.flags |= flag;
-        } else {
-            self.flags &= !flag;
-        }
-    }
 }
 
 /// A listener and its outstanding accepts.
@@ -136,7 +117,7 @@ impl Iocp {
         self.conns
             .get_mut(slot_of(token) as usize)?
             .as_deref_mut()
-            .filter(|c| c.generation == generation_of(token))
+            .filter(|c| c.ops.generation() == generation_of(token))
     }
 
     /// Starts the session's receive. One that finishes at once is reported now and started
@@ -145,7 +126,7 @@ impl Iocp {
         let Some(c) = self.conn(token) else {
             return;
         };
-        if c.has(RECV_ARMED) || c.has(CLOSED) || c.has(PAUSED) {
+        if !c.ops.may_receive() {
             return;
         }
         // SAFETY: no receive is in flight on this record (RECV_ARMED is clear); the record is
@@ -153,7 +134,7 @@ impl Iocp {
         // (`IConn`'s invariant).
         match unsafe { c.recv.start(c.sock, RECV_SIZE, RECV_MIN) } {
             Ok(Started::Pending) => {
-                c.set(RECV_ARMED, true);
+                c.ops.set(RECV_ARMED, true);
                 self.in_flight += 1;
             }
             Ok(Started::Done(0)) => events.push(Event::Eof(token)),
@@ -217,10 +198,7 @@ impl Iocp {
     /// Whether `token` is closed with nothing in flight: then it is released.
     fn reap(&mut self, token: Token, events: &mut Vec<Event>) {
         let slot = slot_of(token) as usize;
-        if self
-            .conn(token)
-            .is_some_and(|c| c.has(CLOSED) && !c.has(RECV_ARMED) && !c.has(SEND_IN_FLIGHT))
-        {
+        if self.conn(token).is_some_and(|c| c.ops.releasable()) {
             self.conns[slot] = None;
             events.push(Event::Released(token));
         }
@@ -258,7 +236,7 @@ impl Iocp {
             return 0;
         };
         if done.op == c.send.id() {
-            c.set(SEND_IN_FLIGHT, false);
+            c.ops.set(SEND_IN_FLIGHT, false);
             let result = if done.ok {
                 Ok(done.bytes)
             } else {
@@ -269,17 +247,17 @@ impl Iocp {
             return 1;
         }
         debug_assert_eq!(done.op, c.recv.ov().id());
-        c.set(RECV_ARMED, false);
+        c.ops.set(RECV_ARMED, false);
         // Whatever happens to the session, the record's buffer is accounted (the bytes are
         // dropped if nobody takes them).
         let n = if done.ok { done.bytes } else { 0 };
         // SAFETY: the receive's completion was dequeued: it has finished, with `n` bytes.
         let data = unsafe { c.recv.take(n) };
-        if c.has(CLOSED) {
+        if c.ops.has(CLOSED) {
             self.reap(token, events);
             return 0;
         }
-        if c.has(PAUSED) {
+        if c.ops.has(PAUSED) {
             return 0;
         }
         if !done.ok {
@@ -415,8 +393,7 @@ impl Backend for Iocp {
             self.conns.resize_with(i + 1, || None);
         }
         self.conns[i] = Some(Box::new(IConn {
-            generation: generation_of(token),
-            flags: 0,
+            ops: OpState::new(generation_of(token)),
             sock: RawSock::of(socket),
             recv: RecvOp::default(),
             send: Overlapped::default(),
@@ -434,8 +411,8 @@ impl Backend for Iocp {
         let Some(c) = self.conn(token) else {
             return;
         };
-        c.set(PAUSED, true);
-        if c.has(RECV_ARMED) {
+        c.ops.set(PAUSED, true);
+        if c.ops.has(RECV_ARMED) {
             iocp::cancel(c.sock, Some(c.recv.ov()));
         }
     }
@@ -447,7 +424,7 @@ impl Backend for Iocp {
         if w.slices.is_empty() {
             return Sent::Done(Ok(0));
         }
-        debug_assert!(!c.has(SEND_IN_FLIGHT), "one send in flight per session");
+        debug_assert!(!c.ops.has(SEND_IN_FLIGHT), "one send in flight per session");
         // SAFETY: no send is in flight on this record (one per session, above); the slices
         // point into `w`'s cork and into buffers the session's queued pieces hold, and the
         // core keeps `w` boxed and untouched in the connection's `inflight` until this send's
@@ -456,7 +433,7 @@ impl Backend for Iocp {
         // completion.
         match unsafe { iocp::send(c.sock, &c.send, &w.slices) } {
             Ok(Started::Pending) => {
-                c.set(SEND_IN_FLIGHT, true);
+                c.ops.set(SEND_IN_FLIGHT, true);
                 self.in_flight += 1;
                 Sent::Pending
             }
@@ -479,8 +456,8 @@ impl Backend for Iocp {
         let Some(c) = self.conn(token) else {
             return Closing::Now;
         };
-        c.set(CLOSED, true);
-        if c.has(RECV_ARMED) || c.has(SEND_IN_FLIGHT) {
+        c.ops.set(CLOSED, true);
+        if c.ops.busy() {
             iocp::cancel(c.sock, None);
             Closing::Later
         } else {

@@ -68,6 +68,7 @@ pub(crate) mod inbox;
 pub(crate) mod iocp;
 mod lifecycle;
 pub(crate) mod metrics;
+mod ops;
 mod read;
 mod slab;
 #[cfg(target_os = "linux")]

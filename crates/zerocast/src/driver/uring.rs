@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::ops::{OpState, CLOSED, PAUSED, RECV_ARMED, SEND_IN_FLIGHT};
 use super::slab::{generation_of, slot_of};
 use super::{Backend, Closing, Event, Sent, Token, WriteBuf};
 use crate::sys::uring::{more, Completion, Ring};
@@ -71,50 +72,21 @@ fn decode(user_data: u64) -> (u8, u64) {
 /// into provided buffers for this socket; while [`SEND_IN_FLIGHT`], it reads the core's
 /// `WriteBuf` (its `msghdr`, slices and every byte they cover). The core keeps the socket and
 /// that memory until this backend reports [`Event::Released`], which happens only once
-/// [`CLOSED`] is set and neither flag is.
+/// [`OpState::releasable`].
 ///
-/// Eight bytes a connection: the generation of the token the slot serves (below 2^24, see
-/// [`super::slab`]) shares a word with the four flags.
+/// Eight bytes a connection: the flags and generation in one word, and the descriptor.
 struct UConn {
-    state: u32,
+    ops: OpState,
     fd: RawFd,
-}
-
-const RECV_ARMED: u32 = 1 << 24;
-const SEND_IN_FLIGHT: u32 = 1 << 25;
-const PAUSED: u32 = 1 << 26;
-const CLOSED: u32 = 1 << 27;
-const GENERATION: u32 = (1 << 24) - 1;
-
-impl UConn {
-    fn new(generation: u32, fd: RawFd) -> Self {
-        Self {
-            state: generation & GENERATION,
-            fd,
-        }
-    }
-
-    fn generation(&self) -> u32 {
-        self.state & GENERATION
-    }
-
-    fn has(&self, flag: u32) -> bool {
-        self.state & flag != 0
-    }
-
-    fn set(&mut self, flag: u32, on: bool) {
-        if on {
-            self.state |= flag;
-        } else {
-            self.state &= !flag;
-        }
-    }
 }
 
 impl Default for UConn {
     /// A free slot: no socket.
     fn default() -> Self {
-        Self { state: 0, fd: -1 }
+        Self {
+            ops: OpState::default(),
+            fd: -1,
+        }
     }
 }
 
@@ -160,17 +132,17 @@ impl Uring {
     fn conn(&mut self, token: Token) -> Option<&mut UConn> {
         self.conns
             .get_mut(slot_of(token) as usize)
-            .filter(|c| c.generation() == generation_of(token) && c.fd >= 0)
+            .filter(|c| c.ops.generation() == generation_of(token) && c.fd >= 0)
     }
 
     fn arm_recv(&mut self, token: Token) {
         let Some(c) = self.conn(token) else {
             return;
         };
-        if c.has(RECV_ARMED) || c.has(CLOSED) || c.has(PAUSED) {
+        if !c.ops.may_receive() {
             return;
         }
-        c.set(RECV_ARMED, true);
+        c.ops.set(RECV_ARMED, true);
         let fd = c.fd;
         self.ring.recv_multi(fd, user_data(Op::Recv, token));
         self.in_flight += 1;
@@ -178,10 +150,7 @@ impl Uring {
 
     /// Whether `token` is closed with nothing in flight: then it is released.
     fn reap(&mut self, token: Token, events: &mut Vec<Event>) {
-        if self
-            .conn(token)
-            .is_some_and(|c| c.has(CLOSED) && !c.has(RECV_ARMED) && !c.has(SEND_IN_FLIGHT))
-        {
+        if self.conn(token).is_some_and(|c| c.ops.releasable()) {
             self.conns[slot_of(token) as usize] = UConn::default();
             events.push(Event::Released(token));
         }
@@ -199,7 +168,7 @@ impl Uring {
                     sent += 1;
                     self.in_flight -= 1;
                     if let Some(c) = self.conn(token) {
-                        c.set(SEND_IN_FLIGHT, false);
+                        c.ops.set(SEND_IN_FLIGHT, false);
                     }
                     let result = if res < 0 {
                         Err(io::Error::from_raw_os_error(-res))
@@ -247,12 +216,12 @@ impl Uring {
             return;
         };
         if !more {
-            c.set(RECV_ARMED, false);
+            c.ops.set(RECV_ARMED, false);
         }
-        if c.has(CLOSED) {
+        if c.ops.has(CLOSED) {
             return self.reap(token, events);
         }
-        if c.has(PAUSED) {
+        if c.ops.has(PAUSED) {
             return;
         }
         match res {
@@ -357,7 +326,10 @@ impl Backend for Uring {
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, UConn::default);
         }
-        self.conns[i] = UConn::new(generation_of(token), socket.as_raw_fd());
+        self.conns[i] = UConn {
+            ops: OpState::new(generation_of(token)),
+            fd: socket.as_raw_fd(),
+        };
         self.arm_recv(token);
         Ok(())
     }
@@ -371,8 +343,8 @@ impl Backend for Uring {
         let Some(c) = self.conn(token) else {
             return;
         };
-        c.set(PAUSED, true);
-        if c.has(RECV_ARMED) {
+        c.ops.set(PAUSED, true);
+        if c.ops.has(RECV_ARMED) {
             self.ring
                 .cancel(user_data(Op::Recv, token), user_data(Op::Cancel, 0));
         }
@@ -385,8 +357,8 @@ impl Backend for Uring {
         if w.slices.is_empty() {
             return Sent::Done(Ok(0));
         }
-        debug_assert!(!c.has(SEND_IN_FLIGHT), "one send in flight per session");
-        c.set(SEND_IN_FLIGHT, true);
+        debug_assert!(!c.ops.has(SEND_IN_FLIGHT), "one send in flight per session");
+        c.ops.set(SEND_IN_FLIGHT, true);
         let fd = c.fd;
         w.os.0.msg_iov = w.slices.as_mut_ptr();
         w.os.0.msg_iovlen = w.slices.len().min(socket::IOV_MAX);
@@ -411,8 +383,8 @@ impl Backend for Uring {
         let Some(c) = self.conn(token) else {
             return Closing::Now;
         };
-        c.set(CLOSED, true);
-        let (recv, send) = (c.has(RECV_ARMED), c.has(SEND_IN_FLIGHT));
+        c.ops.set(CLOSED, true);
+        let (recv, send) = (c.ops.has(RECV_ARMED), c.ops.has(SEND_IN_FLIGHT));
         if recv {
             self.ring
                 .cancel(user_data(Op::Recv, token), user_data(Op::Cancel, 0));
