@@ -165,7 +165,9 @@ fn datagrams_arrive_in_batches_are_echoed_in_order_and_follow_a_new_address() {
     }
     // The worker counts a batch once `sendmmsg` returns, which may be after the client has
     // read it.
-    wait_until(Duration::from_secs(10), || engine.metrics().datagrams_out >= 200);
+    wait_until(Duration::from_secs(10), || {
+        engine.metrics().datagrams_out >= 200
+    });
     let m = engine.metrics();
     assert_eq!(m.datagrams_in, 100);
     assert!(
