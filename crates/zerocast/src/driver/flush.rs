@@ -69,6 +69,7 @@ impl<B: Backend> Core<B> {
 
     fn write_slots(&mut self, slots: &mut Vec<u32>) {
         session::for_outbox(|o| o.queued = 0);
+        slots.sort_unstable();
         for slot in slots.drain(..) {
             if let Some(token) = self.conns.token_at(slot) {
                 self.flush(token);

@@ -66,6 +66,19 @@ pub(crate) fn recv(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usiz
 /// Every piece must point to memory valid for reads of its length for the duration of the
 /// call.
 pub(crate) unsafe fn sendmsg(fd: RawFd, iov: &[RawSlice]) -> io::Result<usize> {
+    if let [one] = iov {
+        // One piece (small output corked whole): a plain `send` spares the kernel copying
+        // and checking a `msghdr` and an iovec array.
+        // SAFETY: the caller guarantees the piece readable for its length; the kernel only
+        // reads it.
+        let n = syscall!(send(
+            fd,
+            one.iov_base.cast_const(),
+            one.iov_len,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT
+        ))?;
+        return Ok(n as usize);
+    }
     // SAFETY: msghdr is plain data; all-zero is its valid empty value.
     let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
     msg.msg_iov = iov.as_ptr().cast_mut();
