@@ -306,13 +306,18 @@ impl Deliver for Out<'_> {
         let Some(session) = self.sessions.get(&to) else {
             return;
         };
-        if self.udp.contains(&to) {
+        if !self.udp.is_empty() && self.udp.contains(&to) {
             return self.split(session, parts);
         }
-        for p in parts {
+        // Each run of parts in one buffer is queued with one lookup of the session.
+        for run in parts.chunk_by(|a, b| a.buffer == b.buffer) {
+            let ranges = run.iter().map(|p| p.range.clone());
             // A refused send means the session is closing: the player leaves at its
             // disconnect.
-            if self.fans[p.buffer].send(session, p.range.clone()).is_err() {
+            if self.fans[run[0].buffer]
+                .send_ranges(session, ranges)
+                .is_err()
+            {
                 return;
             }
         }

@@ -77,19 +77,42 @@ impl Fanout {
     /// # Panics
     /// If `range` is not within the buffer.
     pub fn send(&self, session: &Session, range: Range<usize>) -> Result<(), Refused> {
-        assert!(
-            range.start <= range.end && range.end <= self.buf.len(),
-            "range outside the buffer"
-        );
-        if range.is_empty() {
+        if range.is_empty() && range.end <= self.buf.len() {
             return Ok(());
         }
+        self.send_ranges(session, std::iter::once(range))
+    }
+
+    /// Queues several byte ranges of the buffer on `session`, in order, after whatever the
+    /// calling thread queued on it before: the session is looked up once for all of them (a
+    /// player's slices of a tick, its own events cut out).
+    ///
+    /// # Errors
+    /// As [`Session::send`]; the ranges before the refused one stay queued.
+    ///
+    /// # Panics
+    /// If a range is not within the buffer (checked before anything is queued).
+    pub fn send_ranges<I>(&self, session: &Session, ranges: I) -> Result<(), Refused>
+    where
+        I: IntoIterator<Item = Range<usize>>,
+        I::IntoIter: Clone,
+    {
+        let ranges = ranges.into_iter();
+        let len = self.buf.len();
+        for r in ranges.clone() {
+            assert!(r.start <= r.end && r.end <= len, "range outside the buffer");
+        }
         let mut kept = self.kept.get();
-        let r = local::send_kept(&session.shared, &self.buf, &mut kept, range.clone());
+        let r = local::send_kept(&session.shared, &self.buf, &mut kept, ranges);
         self.kept.set(kept);
         match r {
             Ok(done) => done,
-            Err(()) => session.send(self.buf.slice(range)).map_err(|e| e.reason),
+            Err(ranges) => {
+                for r in ranges.filter(|r| !r.is_empty()) {
+                    session.send(self.buf.slice(r)).map_err(|e| e.reason)?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -469,29 +469,32 @@ pub(super) fn send_remote(
     })
 }
 
-/// A [`Fanout`](crate::Fanout)'s send: `range` of `buf` on `session`, if this thread runs its
-/// worker; the buffer is kept once (in `kept`, held until [`fanout_done`]). `Err(())`
-/// elsewhere: the caller sends a slice.
-pub(super) fn send_kept(
+/// A [`Fanout`](crate::Fanout)'s send: `ranges` of `buf` on `session`, in order, if this
+/// thread runs its worker; the buffer is kept once (in `kept`, held until [`fanout_done`]).
+/// The session is looked up once for all of them. `Err(ranges)` elsewhere, none taken: the
+/// caller sends slices.
+pub(super) fn send_kept<I: Iterator<Item = std::ops::Range<usize>>>(
     session: &Arc<SessionShared>,
     buf: &SendBuffer,
     kept: &mut Option<KeepId>,
-    range: std::ops::Range<usize>,
-) -> Result<Result<(), Refused>, ()> {
-    on_owner(session, (), |out, ()| {
-        let token = session.token.load(Ordering::Relaxed);
-        let (index, generation) = split(token);
-        match out.slots.get(index as usize) {
-            Some(s) if s.open && s.generation == generation && !session.is_closing() => {}
-            _ => return Err(Refused::Closed),
+    ranges: I,
+) -> Result<Result<(), Refused>, I> {
+    on_owner(session, ranges, |out, ranges| {
+        let index = open_slot(out, session).ok_or(Refused::Closed)?;
+        let limit = session.limit();
+        for range in ranges {
+            if range.is_empty() {
+                continue;
+            }
+            let k = *kept.get_or_insert_with(|| {
+                let k = out.keeps.insert(buf.clone());
+                out.keeps.retain(k); // the fanout's own hold
+                k
+            });
+            out.push_range(index, k, range.start, range.len(), limit)
+                .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))?;
         }
-        let k = *kept.get_or_insert_with(|| {
-            let k = out.keeps.insert(buf.clone());
-            out.keeps.retain(k); // the fanout's own hold
-            k
-        });
-        out.push_range(index, k, range.start, range.len(), session.limit())
-            .inspect_err(|_| session.close_with(CloseReason::SlowConsumer))
+        Ok(())
     })
 }
 
