@@ -205,7 +205,7 @@ def write(r):
       "write per packet. *Untimed*: deliveries whose send-time stamp was implausible (none "
       "from a correct server).")
     w("")
-    capacity_section(w, capacity)
+    capacity_section(w, capacity, r["runs"])
 
     w(f"## Latency at a fixed rate ({rate:,} messages/s = half of tokio's closed-loop maximum)")
     w("")
@@ -521,10 +521,12 @@ def carried(steps, bound_us=CAPACITY_P99_US):
     return (f"{ok[-1]:,}{more}", ok[-1])
 
 
-def capacity_section(w, capacity):
+def capacity_section(w, capacity, runs):
     w(f"## Capacity: players one core carries (p99 < {CAPACITY_P99_US / 1000:.0f} ms)")
     w("")
-    w("Each server in steps of bots (one run a step, the same world and rates as above) until "
+    each = "one run a step" if runs == 1 else \
+        f"{runs} runs a step, the run with the median p99 shown and counted"
+    w(f"Each server in steps of bots ({each}, the same world and rates as above) until "
       "its p99 passes the bound. *+*: it passed the largest step run. The generator's busy "
       "share says whether it, rather than the server, was the limit. zerocast-2w shares its "
       "second CPU with the generator: its row shows what a second shard adds on this "
