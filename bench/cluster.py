@@ -95,12 +95,19 @@ def final_counters(err):
     return final
 
 
+def require_nats():
+    """The scale-out cases need a real nats-server on PATH; the runner asks before its first case
+    so that a machine without one is told at once, not after half an hour of other cases."""
+    if shutil.which("nats-server") is None:
+        raise RuntimeError("the scale-out cases need nats-server on PATH "
+                           "(Debian: apt install nats-server; .ci/run installs it)")
+
+
 def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=True,
              chat_every=0, writes=None, tick_ms=None):
     """One run: `processes` world processes (with a bus if `bus`), `players` bots spread over
     them. Returns the generator's report with the servers' figures added."""
-    if shutil.which("nats-server") is None:
-        raise RuntimeError("the scale-out cases need nats-server (Debian: apt install nats-server)")
+    require_nats()
     taskset = (lambda cpu: ["taskset", "-c", cpu]) if pin else (lambda cpu: [])
     size = world_size(players)
     nats = None

@@ -161,6 +161,7 @@ def main():
                         "-p", "zerocast-peers"], cwd=ROOT, check=True)
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs two CPUs (server on cpu0, generator on cpu1)")
+    cluster.require_nats()
     b = Bench(args)
     common = ["--warmup", str(warmup), "--duration", str(duration)]
     steal0 = steal_ticks()
