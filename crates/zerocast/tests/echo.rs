@@ -168,6 +168,12 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     }
     writer.join().unwrap();
     assert!(got == expect, "byte-exact, in order");
+    // The client has every byte once the kernel has taken the last send; the worker counts
+    // the frames sent when it sees that send complete, which can come a moment later (IOCP
+    // reports completions through the port): wait for the count rather than race it.
+    wait_until(Duration::from_secs(30), || {
+        engine.metrics().frames_out == 100
+    });
     let m = engine.metrics();
     if cfg!(windows) {
         // IOCP: an overlapped send the socket cannot take at once stays in flight until the
