@@ -106,8 +106,8 @@ def require_nats():
 def run_case(bench, label, players, processes, hz, warmup, duration, pin, bus=True,
              chat_every=0, writes=None, tick_ms=None):
     """One run: `processes` world processes (with a bus if `bus`), `players` bots spread over
-    them. Returns the generator's report with the servers' figures added."""
-    require_nats()
+    them. Returns the generator's report with the servers' figures added. The runner has
+    checked for nats-server before its first case (`require_nats`)."""
     taskset = (lambda cpu: ["taskset", "-c", cpu]) if pin else (lambda cpu: [])
     size = world_size(players)
     nats = None
