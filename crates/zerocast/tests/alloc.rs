@@ -87,20 +87,32 @@ fn broadcast_to_1000_sessions_allocates_o1() {
         group.broadcast(&SendBuffer::frame(7, b"warm-up"));
         receive_all(&mut clients, b"warm-up");
     }
-    let mut per_broadcast = Vec::new();
-    for _ in 0..5 {
+    // A completion backend (io_uring) keeps one write buffer per send in flight and pools
+    // them: the pool grows to the most sends ever in flight at once, which depends on how
+    // the kernel's completions interleave with the submissions (under AddressSanitizer on a
+    // loaded machine, a broadcast can still set a new high after the warm-up). So the
+    // broadcasts go on until one allocates O(1) times, or until MEASURED of them did not;
+    // a path that allocated per recipient would allocate about N times in every one.
+    const MEASURED: usize = 30;
+    let mut per_broadcast = Vec::with_capacity(MEASURED);
+    for _ in 0..MEASURED {
         let before = allocs();
         let buf = SendBuffer::frame(7, b"state update");
         assert_eq!(group.broadcast(&buf), N);
         drop(buf);
         receive_all(&mut clients, b"state update");
-        per_broadcast.push(allocs() - before);
+        let n = allocs() - before;
+        per_broadcast.push(n);
+        if n <= 16 {
+            break;
+        }
     }
     let best = *per_broadcast.iter().min().unwrap();
     eprintln!("allocations per broadcast to {N} sessions: {per_broadcast:?}");
     assert!(
         best <= 16,
-        "broadcast to {N} sessions allocated {best} times: O(sessions), not O(1)"
+        "broadcast to {N} sessions allocated at least {best} times in each of {MEASURED} \
+         broadcasts: O(sessions), not O(1)"
     );
     drop(clients);
     assert_no_leaks(&engine);

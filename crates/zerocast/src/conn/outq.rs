@@ -38,6 +38,10 @@ pub(crate) const CORK_IN_FLIGHT: usize = 64 * 1024;
 /// Queue capacity (in pieces) kept across writes; a burst that grew it beyond is released once
 /// the queue empties.
 const QUEUE_KEEP: usize = 256;
+/// Cork capacity a write buffer starts with. Growing a cork from a few bytes by doubling
+/// would reallocate it on each of a pooled buffer's first writes that is a little longer than
+/// the last; one reservation of a typical tick's output is enough for most writes.
+const CORK_START: usize = 1024;
 
 /// Index of a buffer in [`Keeps`].
 pub(crate) type KeepId = u32;
@@ -412,6 +416,9 @@ pub(crate) struct WriteBuf {
 impl WriteBuf {
     fn clear(&mut self) {
         self.cork.clear();
+        if self.cork.capacity() == 0 {
+            self.cork.reserve(CORK_START);
+        }
         self.plan.clear();
         self.slices.clear();
         self.offered = 0;
