@@ -70,6 +70,14 @@ fn client_engine_sessions_echo_through_server_engine() {
     );
     assert_eq!(counter.connected.load(Ordering::Relaxed), SESSIONS);
     assert_eq!(client.sessions().len(), SESSIONS);
+    // The echoes are in; the client engine counts its own sends as their completions are
+    // handled, which on a completion backend can come after the replies.
+    assert!(
+        wait_until(Duration::from_secs(20), || client.metrics().frames_out
+            >= (SESSIONS * FRAMES) as u64),
+        "{}",
+        client.metrics()
+    );
     let m = client.metrics();
     assert_eq!(m.connected, SESSIONS as u64);
     assert_eq!(m.frames_out, (SESSIONS * FRAMES) as u64);

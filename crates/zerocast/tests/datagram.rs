@@ -10,7 +10,7 @@
 mod util;
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +26,11 @@ const TOO_BIG: u16 = 5;
 const ANSWER: u16 = 6;
 const PAUSE: u16 = 7;
 const TO_ALL: u16 = 9;
+
+/// The worker is inside the PAUSE handler (only one test pauses).
+static HELD: AtomicBool = AtomicBool::new(false);
+/// The test has sent what is to queue in the kernel: PAUSE returns.
+static RELEASE: AtomicBool = AtomicBool::new(false);
 
 /// Echoes datagram frames back as datagrams; on the stream, opens the channel and answers.
 #[derive(Default)]
@@ -70,8 +75,10 @@ impl Handler for Channel {
             }
             // Holds the worker while the client sends: the datagrams queue in the kernel.
             PAUSE => {
-                std::thread::sleep(Duration::from_millis(300));
-                reply(ANSWER, &[1]);
+                HELD.store(true, Ordering::Release);
+                let released =
+                    wait_until(Duration::from_secs(10), || RELEASE.load(Ordering::Acquire));
+                reply(ANSWER, &[u8::from(released)]);
             }
             _ => {}
         }
@@ -146,12 +153,14 @@ fn datagrams_arrive_in_batches_are_echoed_in_order_and_follow_a_new_address() {
     let mut c = Client::open(addr);
     // While the worker is held, 100 datagrams of two frames each queue in the kernel.
     std::io::Write::write_all(&mut c.tcp, &frame(PAUSE, &[])).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(10), || HELD.load(Ordering::Acquire)));
+    // A datagram to loopback is in the receiving socket's queue when `send` returns.
     for i in 0..100u8 {
         let two = [frame(10, &[i; 20]), frame(11, &[i; 5])].concat();
         c.send(&two);
     }
-    assert_eq!(read_frame(&mut c.tcp).unwrap().0, ANSWER);
+    RELEASE.store(true, Ordering::Release);
+    assert_eq!(read_frame(&mut c.tcp).unwrap(), (ANSWER, vec![1]));
     for i in 0..200u32 {
         let (seq, frames) = c.recv();
         assert_eq!(seq, i, "the server's sequence numbers count up");

@@ -69,8 +69,10 @@ impl Reasons {
 
 #[test]
 fn silent_trickling_and_idle_peers_are_closed_on_time_heartbeats_keep_sessions() {
-    const FIRST: Duration = Duration::from_millis(400);
-    const IDLE: Duration = Duration::from_millis(800);
+    // The heartbeat's 200 ms period sits well inside IDLE, so that a client thread held off
+    // its core for a while (AddressSanitizer, a loaded machine) is not an idle peer.
+    const FIRST: Duration = Duration::from_millis(600);
+    const IDLE: Duration = Duration::from_millis(1500);
     let reasons = Arc::new(Reasons::default());
     let builder = Engine::builder()
         .workers(1)
@@ -95,10 +97,10 @@ fn silent_trickling_and_idle_peers_are_closed_on_time_heartbeats_keep_sessions()
     let mut idle = connect(addr);
     idle.write_all(&frame(2, b"once")).unwrap();
     assert_eq!(read_frame(&mut idle).unwrap(), (2, b"once".to_vec()));
-    // Heartbeats every 200 ms for 2 s: stays open throughout.
+    // Heartbeats every 200 ms for 3 s (twice IDLE): stays open throughout.
     let heartbeat = std::thread::spawn(move || {
         let mut s = connect(addr);
-        for i in 0..10u16 {
+        for i in 0..15u16 {
             s.write_all(&frame(i, b"hb")).unwrap();
             assert_eq!(read_frame(&mut s).unwrap(), (i, b"hb".to_vec()));
             std::thread::sleep(Duration::from_millis(200));
@@ -216,7 +218,9 @@ fn slow_consumer_over_the_soft_limit_is_closed_after_grace() {
 
 #[test]
 fn graceful_shutdown_flushes_queues_then_closes_at_the_deadline() {
-    const DRAIN: Duration = Duration::from_millis(1500);
+    // Long enough for the reader to take ~2 MB through its small window on a slow run
+    // (AddressSanitizer, Wine): its close must come before the deadline.
+    const DRAIN: Duration = Duration::from_secs(5);
     let reasons = Arc::new(Reasons::default());
     let builder = Engine::builder().workers(1).send_buffer(32 * 1024);
     let (engine, addr) = server_with(builder, reasons.clone());
