@@ -38,10 +38,12 @@ pub(crate) const CORK_IN_FLIGHT: usize = 64 * 1024;
 /// Queue capacity (in pieces) kept across writes; a burst that grew it beyond is released once
 /// the queue empties.
 const QUEUE_KEEP: usize = 256;
-/// Cork capacity a write buffer starts with. Growing a cork from a few bytes by doubling
-/// would reallocate it on each of a pooled buffer's first writes that is a little longer than
-/// the last; one reservation of a typical tick's output is enough for most writes.
-const CORK_START: usize = 1024;
+/// Cork capacity a write buffer starts with. A cork first sized to one small message grows
+/// again on the next slightly longer write: on a completion backend, which pools one write
+/// buffer per send in flight, that is an allocation per session on a broadcast. A few hundred
+/// bytes hold most single writes of game messages; a pool of such buffers stays small
+/// (256 B per send in flight).
+const CORK_START: usize = 256;
 
 /// Index of a buffer in [`Keeps`].
 pub(crate) type KeepId = u32;
