@@ -222,7 +222,12 @@ fn graceful_shutdown_flushes_queues_then_closes_at_the_deadline() {
     // (AddressSanitizer, Wine): its close must come before the deadline.
     const DRAIN: Duration = Duration::from_secs(5);
     let reasons = Arc::new(Reasons::default());
-    let builder = Engine::builder().workers(1).send_buffer(32 * 1024);
+    // The stuck session holds ~2 MB: above the default soft limit, whose 5 s grace would close
+    // it as a slow consumer around the deadline. Only the deadline is to close it here.
+    let builder = Engine::builder()
+        .workers(1)
+        .send_buffer(32 * 1024)
+        .queued_bytes_limits(usize::MAX, usize::MAX, Duration::from_secs(3600));
     let (engine, addr) = server_with(builder, reasons.clone());
     let mut wire = Vec::new();
     for i in 0..64u16 {
