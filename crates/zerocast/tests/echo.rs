@@ -40,14 +40,7 @@ fn hundred_clients_echo_random_frames_in_random_splits() {
     for c in clients {
         c.join().unwrap();
     }
-    // A completion backend counts a frame sent when the send's completion is handled, which
-    // can be after the client has read its bytes.
-    assert!(
-        wait_until(Duration::from_secs(30), || engine.metrics().frames_out
-            >= 100_000),
-        "{}",
-        engine.metrics()
-    );
+    wait_for_frames_out(&engine, 100_000);
     let m = engine.metrics();
     assert_eq!(m.frames_in, 100_000);
     assert_eq!(m.frames_out, 100_000);
@@ -176,12 +169,7 @@ fn slow_reader_gets_large_frames_byte_exact_through_partial_writes() {
     }
     writer.join().unwrap();
     assert!(got == expect, "byte-exact, in order");
-    // The client has every byte once the kernel has taken the last send; the worker counts
-    // the frames sent when it sees that send complete, which can come a moment later (IOCP
-    // reports completions through the port): wait for the count rather than race it.
-    wait_until(Duration::from_secs(30), || {
-        engine.metrics().frames_out == 100
-    });
+    wait_for_frames_out(&engine, 100);
     let m = engine.metrics();
     if cfg!(windows) {
         // IOCP: an overlapped send the socket cannot take at once stays in flight until the

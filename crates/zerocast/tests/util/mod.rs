@@ -86,6 +86,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Waits (up to 30 s) until `engine` has counted `n` frames sent; the caller asserts on the
+/// figure. A completion backend (io_uring, IOCP) counts a send when it handles the send's
+/// completion, which can come after the peer has read the bytes.
+pub fn wait_for_frames_out(engine: &Engine, n: u64) {
+    wait_until(Duration::from_secs(30), || engine.metrics().frames_out >= n);
+}
+
 /// Waits until the engine has no session left and holds no buffer, and its workers' pooled
 /// chunks are all back, then asserts it.
 pub fn assert_no_leaks(engine: &Engine) {
